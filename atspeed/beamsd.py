@@ -1,0 +1,73 @@
+"""The original package's function API (kept verbatim for existing users).
+
+    from atspeed.beamsd import beam_search_by_TreeAttn
+    out = beam_search_by_TreeAttn(model, inputs, max_new_tokens=32, beam_size=5)
+    out["beam_sequences"]  # [beam_size, prompt_len + new] (for B prompts: [B * beam_size, ...])
+    out["beam_scores"]     # [beam_size]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from transformers import LogitsProcessorList
+
+from atspeed.beamsd_replace import replace_beam_search_with_TreeAttn
+from atspeed.hf.generate import generate_with_tree_attention
+
+
+def _as_inputs(inputs: Mapping[str, torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        return {"input_ids": inputs if inputs.dim() == 2 else inputs[None]}
+    if "input_ids" not in inputs:
+        raise ValueError("inputs must be a tensor of token ids or a mapping with 'input_ids' (and 'attention_mask').")
+    return {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+
+
+def _setting(name: str, value: Any, config_value: Any, arg_name: str) -> Any:
+    value = config_value if value is None else value
+    if value is None:
+        raise ValueError(f"{arg_name} is not set: pass {arg_name}=... or set model.generation_config.{name}.")
+    return value
+
+
+def beam_search_by_TreeAttn(
+    model: torch.nn.Module,
+    inputs: Mapping[str, torch.Tensor] | torch.Tensor,
+    max_new_tokens: int | None = None,
+    beam_size: int | None = None,
+    logits_processor: LogitsProcessorList | None = None,
+    prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], list[int]] | None = None,
+    **generate_kwargs: Any,
+) -> dict[str, Any]:
+    """Beam search by tree attention. Missing max_new_tokens / beam_size come from model.generation_config.
+
+    Returns {"beam_sequences": [B * beam_size, prompt_len + new], "beam_scores": [B * beam_size],
+    "target_calls": forward calls}. Extra keyword arguments go to generate() (eos_token_id, length_penalty...).
+    """
+    gc = model.generation_config
+    max_new_tokens = _setting("max_new_tokens", max_new_tokens, gc.max_new_tokens, "max_new_tokens")
+    beam_size = _setting("num_beams", beam_size, gc.num_beams if beam_size is None else None, "beam_size")
+    generate_kwargs.setdefault("num_return_sequences", beam_size)
+    out = generate_with_tree_attention(
+        model,
+        always_beam=True,
+        **_as_inputs(inputs),
+        max_new_tokens=max_new_tokens,
+        num_beams=beam_size,
+        logits_processor=logits_processor,
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+        return_dict_in_generate=True,
+        output_scores=True,
+        **generate_kwargs,
+    )
+    result = model._atspeed_last_result
+    return {
+        "beam_sequences": out.sequences,
+        "beam_scores": out.sequences_scores,
+        "target_calls": result.stats.get("target_calls"),
+    }
+
+
+__all__ = ["beam_search_by_TreeAttn", "replace_beam_search_with_TreeAttn"]

@@ -1,0 +1,193 @@
+"""Beam search bookkeeping with Hugging Face `generate()` semantics, on fixed-shape tensors.
+
+The state is a handful of `[B, K, ...]` tensors, as in transformers' vectorised beam search:
+running beams, finished hypotheses and their scores. A step takes the next-token log-probs of the
+K running beams (already passed through the logits processors) and returns the new state plus,
+for every new running beam, the index of the running beam it extends (`parents`). How those
+log-probs were computed (K copies of the prompt, or one shared tree) is not this module's concern.
+
+Finished or impossible candidates get a -1e9 score rather than a branch, exactly as HF does, so
+that the same ties break the same way and the output is identical to HF's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+NEG = -1.0e9  # HF's "impossible" score: added, never compared to -inf
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    num_beams: int
+    prompt_len: int  # padded prompt length
+    max_length: int  # prompt_len + max_new_tokens
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    do_sample: bool = False
+    num_eos: int = 0
+
+    @property
+    def beams_to_keep(self) -> int:
+        """Candidates kept per step: enough that K survive even if the best ones all end."""
+        return max(2, 1 + self.num_eos) * self.num_beams
+
+
+@dataclass
+class BeamState:
+    running_sequences: torch.Tensor  # [B, K, max_length] prompt + generated tokens
+    running_scores: torch.Tensor  # [B, K] summed log-probs of running beams
+    running_beam_indices: torch.Tensor  # [B, K, max_new] flat (b*K + k) parent index per step
+    sequences: torch.Tensor  # [B, K, max_length] best finished hypotheses
+    scores: torch.Tensor  # [B, K] their length-penalised scores
+    beam_indices: torch.Tensor  # [B, K, max_new]
+    finished: torch.Tensor  # [B, K] slot holds a finished hypothesis
+    improvable: torch.Tensor  # [B, 1] running beams may still beat the finished ones
+    hits_stop: torch.Tensor  # [B, 2K] candidates of the last step that hit a stopping criterion
+    cur_len: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.running_scores.shape[0]
+
+
+def init_beams(prompt_ids: torch.Tensor, cfg: BeamConfig, fill_value: int) -> BeamState:
+    """Beam state before the first step: K copies of each prompt, only the first one live."""
+    B, n = prompt_ids.shape  # [B, n]
+    K, dev = cfg.num_beams, prompt_ids.device
+    running = torch.full((B, K, cfg.max_length), fill_value, dtype=torch.int64, device=dev)
+    running[:, :, :n] = prompt_ids[:, None, :]
+    scores = torch.zeros((B, K), dtype=torch.float, device=dev)
+    scores[:, 1:] = NEG  # identical copies: only the first may be extended at step 1
+    indices = torch.full((B, K, cfg.max_length - n), -1, dtype=torch.int32, device=dev)
+    return BeamState(
+        running_sequences=running,
+        running_scores=scores,
+        running_beam_indices=indices,
+        sequences=running.clone(),
+        scores=torch.full((B, K), NEG, dtype=torch.float, device=dev),
+        beam_indices=indices.clone(),
+        finished=torch.zeros((B, K), dtype=torch.bool, device=dev),
+        improvable=torch.ones((B, 1), dtype=torch.bool, device=dev),
+        hits_stop=torch.zeros((B, cfg.beams_to_keep), dtype=torch.bool, device=dev),
+        cur_len=n,
+    )
+
+
+def gather_beams(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[b, idx[b, j], ...] for every b, j."""
+    while idx.dim() < t.dim():
+        idx = idx.unsqueeze(-1)
+    return torch.take_along_dim(t, idx, dim=1)
+
+
+def top_continuations(
+    acc_log_probs: torch.Tensor, k: int, do_sample: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best (or k sampled, without replacement) of the `[B, K*V]` joint scores, best first."""
+    if do_sample:
+        idx = torch.multinomial(torch.softmax(acc_log_probs, dim=-1), num_samples=k)
+        scores = acc_log_probs.gather(1, idx)
+        scores, order = scores.sort(dim=-1, descending=True)
+        return scores, idx.gather(1, order)
+    return torch.topk(acc_log_probs, k=k)
+
+
+StoppingFn = Callable[[torch.Tensor, object], torch.Tensor]
+
+
+def beam_step(
+    state: BeamState,
+    log_probs: torch.Tensor,
+    cfg: BeamConfig,
+    stopping: StoppingFn,
+    all_scores: object = None,
+) -> tuple[BeamState, torch.Tensor]:
+    """One beam search step. log_probs: [B, K, V] processed next-token log-probs of the running beams.
+
+    Returns the new state and `parents` [B, K]: which old running beam each new running beam extends.
+    """
+    B, K, V = log_probs.shape
+    n, cur = cfg.prompt_len, state.cur_len
+    acc = (log_probs + state.running_scores[:, :, None]).reshape(B, K * V)  # [B, K*V]
+    cand_scores, cand_idx = top_continuations(acc, cfg.beams_to_keep, cfg.do_sample)  # [B, 2K]
+    cand_beam = cand_idx // V  # [B, 2K] which running beam
+    cand_token = cand_idx % V
+
+    cand_seqs = gather_beams(state.running_sequences, cand_beam)  # [B, 2K, max_length]
+    cand_seqs[:, :, cur] = cand_token
+    cand_bidx = gather_beams(state.running_beam_indices, cand_beam)
+    offset = torch.arange(B, device=log_probs.device)[:, None] * K
+    cand_bidx[:, :, cur - n] = (cand_beam + offset).to(cand_bidx.dtype)
+
+    hits = stopping(cand_seqs[:, :, : cur + 1].reshape(B * cfg.beams_to_keep, cur + 1), all_scores)
+    hits = hits.reshape(B, cfg.beams_to_keep)
+
+    # Running beams for the next step: the best K candidates that did not stop.
+    live_scores = cand_scores + hits.to(torch.float32) * NEG
+    keep = torch.topk(live_scores, k=K).indices  # [B, K]
+    parents = cand_beam.gather(1, keep)
+
+    # Finished hypotheses: only the top-K candidates may enter, each with its length penalty.
+    just_finished = hits.clone()
+    just_finished[:, K:] = False
+    fin = cand_scores / ((cur + 1 - n) ** cfg.length_penalty)
+    full = state.finished.all(dim=-1, keepdim=True) & (cfg.early_stopping is True)
+    fin = fin + full.to(torch.float32) * NEG
+    fin = fin + (~state.improvable).to(torch.float32) * NEG
+    fin = fin + (~just_finished) * NEG
+    merged_scores = torch.cat((state.scores, fin), dim=1)
+    best = torch.topk(merged_scores, k=K).indices
+    sequences = gather_beams(torch.cat((state.sequences, cand_seqs), dim=1), best)
+    beam_indices = gather_beams(torch.cat((state.beam_indices, cand_bidx), dim=1), best)
+    finished = gather_beams(torch.cat((state.finished, just_finished), dim=1), best)
+
+    new = replace(
+        state,
+        running_sequences=gather_beams(cand_seqs, keep),
+        running_scores=gather_beams(live_scores, keep),
+        running_beam_indices=gather_beams(cand_bidx, keep),
+        sequences=sequences,
+        scores=gather_beams(merged_scores, best),
+        beam_indices=beam_indices,
+        finished=finished,
+        hits_stop=hits,
+        cur_len=cur + 1,
+    )
+    new.improvable = still_improvable(new, cfg)
+    return new, parents
+
+
+def still_improvable(state: BeamState, cfg: BeamConfig) -> torch.Tensor:
+    """HF's early-stop heuristic: can the best running beam still beat the worst finished one?"""
+    if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
+        length = cfg.max_length - cfg.prompt_len
+    else:
+        length = state.cur_len - cfg.prompt_len
+    best_running = state.running_scores[:, :1] / (length**cfg.length_penalty)
+    worst_finished = torch.where(state.finished, state.scores.min(dim=1, keepdim=True)[0], NEG)
+    return state.improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
+
+
+def is_done(state: BeamState, cfg: BeamConfig) -> bool:
+    """Whole-batch stop test (one host sync, as in HF)."""
+    improvable = state.improvable.any()
+    open_beam = ~(state.finished.all() & (cfg.early_stopping is True))
+    can_continue = ~state.hits_stop.all()
+    return not bool(improvable & open_beam & can_continue)
+
+
+def finalize(
+    state: BeamState, cfg: BeamConfig, num_return_sequences: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best `num_return_sequences` finished hypotheses per request, flattened to `[B * R, ...]`
+    and cropped to the longest one, like HF's output."""
+    R = num_return_sequences
+    sequences = state.sequences[:, :R].flatten(0, 1)
+    scores = state.scores[:, :R].flatten(0, 1)
+    beam_indices = state.beam_indices[:, :R].flatten(0, 1)
+    generated = int((beam_indices + 1).bool().sum(dim=1).max())
+    return sequences[:, : cfg.prompt_len + generated], scores, beam_indices[:, :generated]

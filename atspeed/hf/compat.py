@@ -1,0 +1,67 @@
+"""Every difference between supported transformers versions (4.57.x and 5.x) lives here.
+
+- 5.24 renamed the forward argument `past_key_values` to `cache`.
+- 5.20 made `Cache.crop` take only a negative count (tokens to drop); we never call `crop`, we
+  slice the layers ourselves, which works the same on every version.
+- `generate(custom_generate=callable)` exists in 4.57 and 5.x with the same calling convention.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+
+import torch
+import transformers
+from packaging.version import Version
+from transformers.cache_utils import DynamicCache
+
+TRANSFORMERS_VERSION = Version(transformers.__version__)
+
+
+@lru_cache(maxsize=None)
+def _forward_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def forward_params(model: torch.nn.Module) -> frozenset[str]:
+    return _forward_params(type(model))
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """Name of the forward argument that takes the KV cache."""
+    return "cache" if "cache" in forward_params(model) else "past_key_values"
+
+
+def new_cache() -> DynamicCache:
+    """A plain append-only KV cache (no sliding-window layers: tree masks handle visibility)."""
+    return DynamicCache()
+
+
+def cache_layers(cache: DynamicCache) -> list:
+    return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
+
+
+def cache_length(cache: DynamicCache) -> int:
+    layers = cache_layers(cache)
+    return layers[0].keys.shape[-2] if layers else 0
+
+
+def cache_select(cache: DynamicCache, index: torch.Tensor) -> None:
+    """Keep, per row, the cache slots `index` [B, S'] in that order (in place)."""
+    for layer in cache_layers(cache):
+        B, H, _, D = layer.keys.shape
+        idx = index[:, None, :, None].expand(B, H, index.shape[1], D)
+        layer.keys = layer.keys.gather(2, idx)
+        layer.values = layer.values.gather(2, idx.expand(B, H, index.shape[1], layer.values.shape[-1]))
+
+
+def cache_truncate(cache: DynamicCache, length: int) -> None:
+    """Keep the first `length` slots (in place)."""
+    for layer in cache_layers(cache):
+        layer.keys = layer.keys[..., :length, :]
+        layer.values = layer.values[..., :length, :]
+
+
+def cache_bytes(cache: DynamicCache) -> int:
+    return sum(t.numel() * t.element_size() for layer in cache_layers(cache) for t in (layer.keys, layer.values))

@@ -1,0 +1,195 @@
+"""transformers `generate()` glue: atspeed's tree-attention beam search as a decoding method.
+
+`tree_attention_generate` has the calling convention of `generate(custom_generate=callable)`
+(transformers >= 4.57): generate() prepares the config, logits processors and stopping criteria,
+then hands them to it. The drop-in patch and the function API both go through it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
+
+from atspeed.decoding.beam import BeamConfig
+from atspeed.decoding.tree_search import BeamSearchResult, tree_beam_search
+from atspeed.hf.model import TreeLM, check_tree_support, max_positions, model_device, sliding_window
+
+# generate() options that tree-attention beam search does not implement: refuse, never ignore.
+UNSUPPORTED_GENERATE_KWARGS = {
+    "assistant_model": "assisted generation (use atspeed.beamsd.beam_search_by_SD for speculative beam search)",
+    "streamer": "streaming (HF beam search does not stream either)",
+    "synced_gpus": "synced_gpus (multi-GPU sharded generation)",
+    "negative_prompt_ids": "classifier-free guidance with a negative prompt",
+    "negative_prompt_attention_mask": "classifier-free guidance with a negative prompt",
+}
+
+
+def check_generation_request(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    num_beams: int,
+    num_return_sequences: int,
+    max_new_tokens: int,
+    prompt_lengths: torch.Tensor | None = None,
+) -> None:
+    """Clear errors for requests that would otherwise fail deep inside torch, or silently."""
+    if not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams (beam_size) must be an integer >= 1, got {num_beams!r}.")
+    vocab = model.config.get_text_config().vocab_size
+    if num_beams > vocab:
+        raise ValueError(f"num_beams={num_beams} is larger than the vocabulary ({vocab} tokens).")
+    if num_return_sequences > num_beams:
+        raise ValueError(
+            f"num_return_sequences={num_return_sequences} is larger than num_beams={num_beams}: beam search "
+            "can return at most num_beams sequences."
+        )
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}.")
+    if input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError("The prompt is empty: give at least one input token per request.")
+    if max_new_tokens is None or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}.")
+    device = model_device(model)
+    if input_ids.device != device:
+        raise ValueError(
+            f"input_ids are on {input_ids.device} but the model is on {device}; move the inputs with "
+            f".to({str(device)!r})."
+        )
+    longest = int(prompt_lengths.max()) if prompt_lengths is not None else input_ids.shape[1]
+    limit = max_positions(model)
+    if limit is not None and longest + max_new_tokens > limit:
+        raise ValueError(
+            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's maximum "
+            f"positions ({limit})."
+        )
+    window = sliding_window(model)
+    if window is not None and longest + max_new_tokens > window:
+        raise ValueError(
+            f"prompt + max_new_tokens ({longest + max_new_tokens}) exceeds the sliding window ({window}) of "
+            f"{type(model).__name__}; tree attention does not implement sliding windows."
+        )
+
+
+def _one_row_per_request(t: torch.Tensor | None, expand: int) -> torch.Tensor | None:
+    return None if t is None else t[::expand]
+
+
+def tree_attention_generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    logits_processor: Any,
+    stopping_criteria: Any,
+    generation_config: GenerationConfig,
+    synced_gpus: bool = False,
+    always_beam: bool = False,
+    **model_kwargs: Any,
+) -> GenerateBeamDecoderOnlyOutput | torch.Tensor:
+    """A `custom_generate` decoding method. Beam search (and beam sampling) runs by tree attention;
+    num_beams == 1 is left to HF's own greedy/sampling loop unless `always_beam`."""
+    gc = generation_config
+    if gc.num_beams == 1 and not always_beam:
+        return model._sample(
+            input_ids,
+            logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria,
+            generation_config=gc,
+            synced_gpus=synced_gpus,
+            **model_kwargs,
+        )
+    if getattr(gc, "num_beam_groups", 1) not in (None, 1):
+        raise NotImplementedError("Diverse (group) beam search is not supported by atspeed tree attention.")
+    if getattr(gc, "constraints", None) or getattr(gc, "force_words_ids", None):
+        raise NotImplementedError("Constrained beam search (constraints / force_words_ids) is not supported.")
+    if gc.output_attentions or gc.output_hidden_states:
+        raise NotImplementedError(
+            "output_attentions / output_hidden_states are not available with tree attention (beams share one "
+            "sequence, so per-beam attentions do not exist)."
+        )
+    if gc.low_memory:
+        raise NotImplementedError("low_memory=True is not supported (the tree cache already stores the prompt once).")
+    check_tree_support(model)
+    extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _KNOWN_MODEL_KWARGS)
+    if extra:
+        raise NotImplementedError(f"tree-attention beam search does not forward extra model inputs {extra}.")
+
+    K, R = gc.num_beams, gc.num_return_sequences or 1
+    expand = max(K, R)
+    prompt = input_ids[::expand]
+    attention_mask = _one_row_per_request(model_kwargs.get("attention_mask"), expand)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(prompt)
+    prompt_lengths = attention_mask.sum(-1)
+    n = prompt.shape[1]
+    check_generation_request(model, prompt, K, R, gc.max_length - n, prompt_lengths)
+
+    eos = gc._eos_token_tensor
+    pad = gc._pad_token_tensor
+    cfg = BeamConfig(
+        num_beams=K,
+        prompt_len=n,
+        max_length=gc.max_length,
+        length_penalty=gc.length_penalty,
+        early_stopping=gc.early_stopping,
+        do_sample=gc.do_sample,
+        num_eos=eos.shape[0] if eos is not None else 0,
+    )
+    fill = pad or eos[0] if eos is not None else -1  # HF's own (precedence included)
+    lm = TreeLM(model)
+    result = tree_beam_search(
+        lm,
+        prompt,
+        attention_mask,
+        cfg,
+        logits_processor,
+        stopping_criteria,
+        num_return_sequences=R,
+        fill_value=int(fill),
+        output_scores=bool(gc.return_dict_in_generate and gc.output_scores),
+        output_logits=bool(gc.return_dict_in_generate and gc.output_logits),
+    )
+    result.stats.update(target_calls=lm.forward_calls, target_tokens=lm.tokens_processed)
+    model._atspeed_last_result = result
+    if not gc.return_dict_in_generate:
+        return result.sequences
+    return to_generate_output(result, gc)
+
+
+_KNOWN_MODEL_KWARGS = {
+    "attention_mask",
+    "position_ids",
+    "cache",
+    "past_key_values",
+    "use_cache",
+    "logits_to_keep",
+    "cache_position",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+}
+
+
+def to_generate_output(result: BeamSearchResult, gc: GenerationConfig) -> GenerateBeamDecoderOnlyOutput:
+    return GenerateBeamDecoderOnlyOutput(
+        sequences=result.sequences,
+        sequences_scores=result.sequences_scores if gc.output_scores else None,
+        scores=result.scores,
+        logits=result.logits,
+        beam_indices=result.beam_indices,
+    )
+
+
+def generate_with_tree_attention(model: torch.nn.Module, always_beam: bool = False, **kwargs: Any):
+    """HF generate() (the class's own, patched or not) with tree-attention beam search."""
+    for key in UNSUPPORTED_GENERATE_KWARGS:
+        if kwargs.get(key) not in (None, False):
+            raise NotImplementedError(
+                f"{key}: {UNSUPPORTED_GENERATE_KWARGS[key]} is not supported with atspeed tree-attention beam search."
+            )
+    if kwargs.get("custom_generate") is not None:
+        raise ValueError("custom_generate is already set by atspeed; call the original generate() to use another.")
+    method = functools.partial(tree_attention_generate, always_beam=True) if always_beam else tree_attention_generate
+    return type(model).generate(model, custom_generate=method, **kwargs)
