@@ -48,7 +48,7 @@ def beam_search_by_TreeAttn(
     """
     gc = model.generation_config
     max_new_tokens = _setting("max_new_tokens", max_new_tokens, gc.max_new_tokens, "max_new_tokens")
-    beam_size = _setting("num_beams", beam_size, gc.num_beams if beam_size is None else None, "beam_size")
+    beam_size = gc.num_beams if beam_size is None else beam_size
     generate_kwargs.setdefault("num_return_sequences", beam_size)
     out = generate_with_tree_attention(
         model,
@@ -62,11 +62,11 @@ def beam_search_by_TreeAttn(
         output_scores=True,
         **generate_kwargs,
     )
-    result = model._atspeed_last_result
     return {
         "beam_sequences": out.sequences,
         "beam_scores": out.sequences_scores,
-        "target_calls": result.stats.get("target_calls"),
+        "target_calls": out.stats["target_calls"],
+        "target_tokens": out.stats["target_tokens"],
     }
 
 

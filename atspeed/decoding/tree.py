@@ -1,14 +1,19 @@
 """Tree attention: all beams of a request share one flat KV cache.
 
-Representation (one row per request, all rows the same length S):
+Cache layout (one row per request, every row the same length S):
 
-    cache slots  [prompt p_1..p_n (left-padded)] [level-1 tokens] [level-2 tokens] ...
+    [prompt p_1..p_n (left-padded)] [tokens fed by call 1] [tokens fed by call 2] ...
 
-`visible[b, k, s]` says whether running beam k of request b attends to slot s: the prompt's real
-tokens, the beam's own ancestors and its last token. Feeding the K beams' next tokens appends K
-slots; each new token sees its parent's visible slots plus itself. Beam reordering is a gather of
-`visible` along the beam axis. Slots no live beam can see are dead; `compact` drops them so that
-memory and attention cost follow the live tree rather than the whole history.
+A `Frontier` describes the running beams from one model's point of view: `visible[b, k, s]` says
+which cache slots beam k's already-fed prefix occupies (the prompt's real tokens and its fed
+ancestors), and `pending[b, k]` holds its last P tokens that the model has not read yet (P = 1 in
+plain beam search; a draft may lag by 2 after a fully accepted round).
+
+Feeding is one primitive, `feed_inputs`: Q new nodes, each with a parent that is either a beam's
+fed prefix ("root") or an earlier new node. Every node sees its root's slots, its new ancestors and
+itself; its position id is prompt length + depth. Plain beam steps, pending chains, draft levels and
+the whole draft tree for verification are all calls of it. Slots no live beam can see are dead;
+`compaction_plan` drops them so memory and attention follow the live tree, not the history.
 """
 
 from __future__ import annotations
@@ -19,20 +24,21 @@ import torch
 
 
 @dataclass
-class Tree:
-    visible: torch.Tensor  # [B, K, S] bool
-    prompt_lengths: torch.Tensor  # [B] real (unpadded) prompt lengths: position id of depth 0
+class Frontier:
+    visible: torch.Tensor  # [B, K, S] bool: cache slots each beam attends to
+    pending: torch.Tensor  # [B, K, P] tokens of each beam not yet in the cache (last = beam's last token)
+    depth: int  # generated tokens before the first pending one (its position = prompt length + depth)
 
     @property
     def num_slots(self) -> int:
         return self.visible.shape[-1]
 
 
-def tree_from_prompt(attention_mask: torch.Tensor, num_beams: int) -> Tree:
-    """Every beam starts by seeing the real prompt tokens. attention_mask: [B, n] (1 = token)."""
-    mask = attention_mask.bool()
-    visible = mask[:, None, :].expand(-1, num_beams, -1).contiguous()  # [B, K, n]
-    return Tree(visible=visible, prompt_lengths=mask.sum(-1))
+def frontier_from_prompt(attention_mask: torch.Tensor, num_beams: int, last_tokens: torch.Tensor) -> Frontier:
+    """Beams right after the prompt's prefill, each with its first generated token pending.
+    attention_mask: [B, n] (1 = real token); last_tokens: [B, K]."""
+    visible = attention_mask.bool()[:, None, :].expand(-1, num_beams, -1).contiguous()
+    return Frontier(visible=visible, pending=last_tokens[:, :, None], depth=0)
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -42,37 +48,68 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(allowed, zero, neg)[:, None]
 
 
-def level_inputs(tree: Tree, depth: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask [B, 1, K, S+K] and position ids [B, K] to feed one new token per running beam at `depth`."""
-    B, K, S = tree.visible.shape
-    eye = torch.eye(K, dtype=torch.bool, device=tree.visible.device).expand(B, K, K)
-    mask = additive_mask(torch.cat((tree.visible, eye), dim=-1), dtype)
-    positions = (tree.prompt_lengths + depth)[:, None].expand(B, K)
-    return mask, positions
+def node_visibility(root_visible: torch.Tensor, parents: torch.Tensor, max_depth: int) -> torch.Tensor:
+    """Visible slots of Q new nodes appended after the S cache slots: [B, Q, S + Q] bool.
+
+    root_visible: [B, R, S]. parents: [B, Q] in one index space: 0..R-1 are roots, R + j is new
+    node j (a parent always comes before its child). max_depth bounds the new-node chain length.
+    """
+    B, R, S = root_visible.shape
+    Q = parents.shape[1]
+    eye = torch.eye(Q, dtype=torch.bool, device=parents.device).expand(B, Q, Q)
+    roots = torch.cat((root_visible, root_visible.new_zeros(B, R, Q)), dim=-1)  # [B, R, S+Q]
+    nodes = torch.cat((root_visible.new_zeros(B, Q, S), eye), dim=-1)  # [B, Q, S+Q]: itself
+    own = nodes
+    for _ in range(max_depth):  # each pass resolves one more level of new ancestors
+        rows = torch.cat((roots, nodes), dim=1)  # [B, R+Q, S+Q]
+        nodes = rows.gather(1, parents[:, :, None].expand(-1, -1, S + Q)) | own
+    return nodes
 
 
-def grow(tree: Tree) -> Tree:
-    """After the K new tokens are in the cache: each beam also sees its own new slot."""
-    B, K, _ = tree.visible.shape
-    eye = torch.eye(K, dtype=torch.bool, device=tree.visible.device).expand(B, K, K)
-    return Tree(torch.cat((tree.visible, eye), dim=-1), tree.prompt_lengths)
+def feed_inputs(
+    root_visible: torch.Tensor,
+    parents: torch.Tensor,
+    node_depth: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    max_depth: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(visible [B, Q, S+Q], additive mask [B, 1, Q, S+Q], position ids [B, Q]) for feeding Q nodes.
+    node_depth: [B, Q] generated tokens before each node."""
+    visible = node_visibility(root_visible, parents, max_depth)
+    positions = prompt_lengths[:, None] + node_depth
+    return visible, additive_mask(visible, dtype), positions
 
 
-def reorder(tree: Tree, parents: torch.Tensor) -> Tree:
-    """New running beam k continues old beam parents[b, k]. parents: [B, K]."""
-    visible = tree.visible.gather(1, parents[:, :, None].expand(-1, -1, tree.num_slots))
-    return Tree(visible, tree.prompt_lengths)
+def chain_parents(num_roots: int, length: int, device: torch.device) -> torch.Tensor:
+    """Parents for feeding a chain of `length` tokens per root, node (k, i) at index k*length + i."""
+    idx = torch.arange(num_roots * length, device=device)
+    k, i = idx // length, idx % length
+    return torch.where(i == 0, k, num_roots + idx - 1)
 
 
-def compaction_plan(tree: Tree) -> tuple[torch.Tensor, Tree] | None:
-    """Slots to keep ([B, S'] indices into the cache) and the compacted tree, or None if nothing
-    would be saved. Rows keep their own live slots, in order; shorter rows are padded with a dead slot."""
-    live = tree.visible.any(dim=1)  # [B, S]
-    counts = live.sum(-1)
-    keep_len = int(counts.max())  # host sync: only called every few steps
-    if keep_len >= tree.num_slots:
+def feed_frontier(
+    frontier: Frontier, prompt_lengths: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs to read every beam's pending tokens: tokens [B, K*P], mask, positions, and the
+    visible rows [B, K*P, S+K*P] of the new nodes. Beam k's last token is node k*P + P - 1."""
+    B, K, P = frontier.pending.shape
+    parents = chain_parents(K, P, frontier.pending.device).expand(B, K * P)
+    depth = (frontier.depth + torch.arange(P, device=parents.device)).repeat(K).expand(B, K * P)
+    visible, mask, positions = feed_inputs(frontier.visible, parents, depth, prompt_lengths, P, dtype)
+    return frontier.pending.reshape(B, K * P), mask, positions, visible
+
+
+def compaction_plan(live_rows: list[torch.Tensor]) -> torch.Tensor | None:
+    """Cache slots to keep ([B, S'] indices, in order) given every visibility row still needed
+    ([B, *, S] each), or None if nothing would be saved. Shorter rows are padded with dead slots."""
+    live = torch.cat(live_rows, dim=1).any(dim=1)  # [B, S]
+    keep_len = int(live.sum(-1).max())  # host sync: called once every few steps
+    if keep_len >= live.shape[-1]:
         return None
-    # stable order: live slots first (by position), then dead ones
-    order = torch.sort((~live).to(torch.int8), dim=-1, stable=True).indices[:, :keep_len]  # [B, S']
-    visible = tree.visible.gather(2, order[:, None, :].expand(-1, tree.visible.shape[1], -1))
-    return order, Tree(visible, tree.prompt_lengths)
+    return torch.sort((~live).to(torch.int8), dim=-1, stable=True).indices[:, :keep_len]
+
+
+def select_slots(visible: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Visibility rows [B, R, S] restricted to the kept slots index [B, S']."""
+    return visible.gather(2, index[:, None, :].expand(-1, visible.shape[1], -1))

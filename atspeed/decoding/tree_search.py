@@ -11,8 +11,8 @@ from typing import Callable, Protocol
 
 import torch
 
-from atspeed.decoding import beam as B_
-from atspeed.decoding import tree as T_
+from atspeed.decoding.beam import BeamConfig, StoppingFn, beam_step, finalize, gather_beams, init_beams, is_done
+from atspeed.decoding.tree import Frontier, compaction_plan, feed_frontier, select_slots
 
 LogitsProcessorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -28,6 +28,9 @@ class TreeForward(Protocol):
 
     def keep_slots(self, index: torch.Tensor) -> None: ...
 
+    @property
+    def cache_bytes(self) -> int: ...
+
 
 @dataclass
 class BeamSearchResult:
@@ -36,8 +39,6 @@ class BeamSearchResult:
     beam_indices: torch.Tensor  # [B * R, generated]
     scores: tuple[torch.Tensor, ...] | None = None  # per step, processed log-probs [B * K, V]
     logits: tuple[torch.Tensor, ...] | None = None  # per step, raw logits [B * K, V]
-    steps: int = 0
-    peak_cache_slots: int = 0
     stats: dict = field(default_factory=dict)
 
 
@@ -45,9 +46,9 @@ def tree_beam_search(
     lm: TreeForward,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    cfg: B_.BeamConfig,
+    cfg: BeamConfig,
     logits_processor: LogitsProcessorFn,
-    stopping: B_.StoppingFn,
+    stopping: StoppingFn,
     *,
     num_return_sequences: int,
     fill_value: int,
@@ -56,46 +57,44 @@ def tree_beam_search(
     compact_every: int = 16,
 ) -> BeamSearchResult:
     """input_ids / attention_mask: [B, n], one row per request (left-padded)."""
-    Bsz, _ = input_ids.shape
-    K = cfg.num_beams
-    state = B_.init_beams(input_ids, cfg, fill_value)
-    tree = T_.tree_from_prompt(attention_mask, K)
+    B, K = input_ids.shape[0], cfg.num_beams
+    prompt_lengths = attention_mask.sum(-1)
+    state = init_beams(input_ids, cfg, fill_value)
     logits = lm.prefill(input_ids, attention_mask)  # [B, V]
     V = logits.shape[-1]
-    logits = logits[:, None, :].expand(Bsz, K, V)  # the K beams are copies of the prompt
+    logits = logits[:, None, :].expand(B, K, V)  # the K beams start as copies of the prompt
+    rows = attention_mask.bool()[:, None, :].expand(B, K, -1)  # [B, K, S] slots each beam has read
     all_scores = () if output_scores else None
     raw_logits = () if output_logits else None
-    depth, peak = 0, tree.num_slots
+    peak_bytes = lm.cache_bytes
     while True:
-        flat_logits = logits.reshape(Bsz * K, V)
-        flat_running = state.running_sequences[:, :, : state.cur_len].reshape(Bsz * K, -1)
+        flat_logits = logits.reshape(B * K, V)
+        flat_running = state.running_sequences[:, :, : state.cur_len].reshape(B * K, -1)
         log_probs = logits_processor(flat_running, torch.log_softmax(flat_logits, dim=-1))
         if output_logits:
             raw_logits += (flat_logits.clone(),)
         if output_scores:
             all_scores += (log_probs.clone(),)
-        state, parents = B_.beam_step(state, log_probs.view(Bsz, K, V), cfg, stopping, all_scores)
-        if B_.is_done(state, cfg):
+        state, parents = beam_step(state, log_probs.view(B, K, V), cfg, stopping, all_scores)
+        if is_done(state, cfg):
             break
-        tree = T_.reorder(tree, parents)
-        mask, positions = T_.level_inputs(tree, depth, lm.dtype)
-        tokens = state.running_sequences[:, :, state.cur_len - 1]  # [B, K]
+        depth = state.cur_len - 1 - cfg.prompt_len
+        pending = state.running_sequences[:, :, state.cur_len - 1 : state.cur_len]  # [B, K, 1]
+        frontier = Frontier(gather_beams(rows, parents), pending, depth)
+        tokens, mask, positions, rows = feed_frontier(frontier, prompt_lengths, lm.dtype)
         logits = lm.forward(tokens, positions, mask)  # [B, K, V]
-        tree = T_.grow(tree)
-        depth += 1
-        peak = max(peak, tree.num_slots)
-        if compact_every and depth % compact_every == 0:
-            plan = T_.compaction_plan(tree)
-            if plan is not None:
-                lm.keep_slots(plan[0])
-                tree = plan[1]
-    sequences, scores, beam_indices = B_.finalize(state, cfg, num_return_sequences)
+        peak_bytes = max(peak_bytes, lm.cache_bytes)
+        if compact_every and (depth + 1) % compact_every == 0:
+            keep = compaction_plan([rows])
+            if keep is not None:
+                lm.keep_slots(keep)
+                rows = select_slots(rows, keep)
+    sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
     return BeamSearchResult(
         sequences=sequences,
         sequences_scores=scores,
         beam_indices=beam_indices,
         scores=all_scores,
         logits=raw_logits,
-        steps=depth + 1,
-        peak_cache_slots=peak,
+        stats={"steps": state.cur_len - cfg.prompt_len, "peak_cache_bytes": peak_bytes},
     )

@@ -8,6 +8,7 @@ then hands them to it. The drop-in patch and the function API both go through it
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -152,7 +153,6 @@ def tree_attention_generate(
         output_logits=bool(gc.return_dict_in_generate and gc.output_logits),
     )
     result.stats.update(target_calls=lm.forward_calls, target_tokens=lm.tokens_processed)
-    model._atspeed_last_result = result
     if not gc.return_dict_in_generate:
         return result.sequences
     return to_generate_output(result, gc)
@@ -172,13 +172,21 @@ _KNOWN_MODEL_KWARGS = {
 }
 
 
-def to_generate_output(result: BeamSearchResult, gc: GenerationConfig) -> GenerateBeamDecoderOnlyOutput:
-    return GenerateBeamDecoderOnlyOutput(
+@dataclass
+class TreeBeamOutput(GenerateBeamDecoderOnlyOutput):
+    """HF's beam output plus atspeed's counters (forward calls, tokens processed, peak cache bytes)."""
+
+    stats: dict | None = None
+
+
+def to_generate_output(result: BeamSearchResult, gc: GenerationConfig) -> TreeBeamOutput:
+    return TreeBeamOutput(
         sequences=result.sequences,
         sequences_scores=result.sequences_scores if gc.output_scores else None,
         scores=result.scores,
         logits=result.logits,
         beam_indices=result.beam_indices,
+        stats=result.stats,
     )
 
 

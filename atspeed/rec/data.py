@@ -1,0 +1,263 @@
+"""Generative-recommendation datasets in the LC-Rec / AtSpeed on-disk format.
+
+A dataset folder holds:
+- `<name>.index.json`: item id ("0" … "n-1") -> semantic ID, a list of L tokens (L = 4 here).
+- `sequential_{train,valid,test}.txt`: one line per user, `USER ITEM ITEM ...`, chronological.
+  Items are 1-based in these files (item k is key str(k - 1) in the index); a line may hold no items.
+- optionally `meta.json` ({"synthetic": true, ...}) and `README.txt`, written for generated data.
+
+In memory every item id is 0-based (the index key), so the loaders shift by one and the writer
+shifts back. Errors name the file and line so a broken file is fixed, not guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+SPLITS = ("train", "valid", "test")
+MAX_HISTORY = 20  # the paper's code truncates histories to the last 20 items
+
+SemanticID = tuple[str, ...]
+Sequences = dict[int, tuple[int, ...]]  # user -> 0-based item ids, oldest first
+
+
+@dataclass(frozen=True)
+class RecDataset:
+    name: str
+    index: dict[int, SemanticID]  # item id (0 … n-1) -> L tokens
+    train: Sequences
+    valid: Sequences
+    test: Sequences
+    meta: dict = field(default_factory=dict)  # e.g. {"synthetic": True, "seed": 0, ...}
+
+    @property
+    def num_items(self) -> int:
+        return len(self.index)
+
+    @property
+    def users(self) -> list[int]:
+        return sorted(set(self.train) | set(self.valid) | set(self.test))
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.meta.get("synthetic", False))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One next-item prediction: the user's recent items (oldest first) and the item that follows."""
+
+    user: int
+    history: tuple[int, ...]
+    target: int
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One evaluated user: recent items and the set of held-out items that count as hits."""
+
+    user: int
+    history: tuple[int, ...]
+    truth: frozenset[int]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def load_index(path: str | os.PathLike, *, allow_duplicate_ids: bool = False) -> dict[int, SemanticID]:
+    """Read `<name>.index.json`; keys must be "0" … "n-1" and every ID must have the same length.
+
+    Two items sharing a semantic ID cannot be told apart by generation, so that is an error
+    unless `allow_duplicate_ids` (then decoding maps a shared ID to its lowest item id).
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{path}: expected a non-empty JSON object mapping item id -> list of tokens.")
+    index: dict[int, SemanticID] = {}
+    for key, tokens in raw.items():
+        if not (isinstance(key, str) and key.isdigit()):
+            raise ValueError(f"{path}: item key {key!r} is not a non-negative integer string.")
+        if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) and t for t in tokens)):
+            raise ValueError(f"{path}: item {key}: expected a non-empty list of token strings, got {tokens!r}.")
+        index[int(key)] = tuple(tokens)
+    if sorted(index) != list(range(len(index))):
+        missing = sorted(set(range(len(index))) - set(index))[:5]
+        raise ValueError(f"{path}: item keys must be 0 … {len(index) - 1} without gaps; missing e.g. {missing}.")
+    lengths = {len(t) for t in index.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"{path}: semantic IDs have different lengths {sorted(lengths)}; all must be equal.")
+    if not allow_duplicate_ids:
+        _check_unique_ids(index, path)
+    return dict(sorted(index.items()))
+
+
+def shared_ids(index: Mapping[int, SemanticID]) -> dict[SemanticID, list[int]]:
+    """Semantic IDs held by more than one item, each with its items (ascending)."""
+    owners: dict[SemanticID, list[int]] = defaultdict(list)
+    for item, sid in sorted(index.items()):
+        owners[sid].append(item)
+    return {sid: items for sid, items in owners.items() if len(items) > 1}
+
+
+def _check_unique_ids(index: Mapping[int, SemanticID], path: Path | str) -> None:
+    dups = shared_ids(index)
+    if dups:
+        sid, items = next(iter(dups.items()))
+        n_items = sum(len(v) for v in dups.values())
+        raise ValueError(
+            f"{path}: {len(dups)} semantic IDs are shared by {n_items} items, e.g. items {items} all have "
+            f"{''.join(sid)}. Generation cannot tell such items apart; fix the index or load it with "
+            "allow_duplicate_ids=True."
+        )
+
+
+def load_split(path: str | os.PathLike, num_items: int) -> Sequences:
+    """Read one `sequential_*.txt` file into user -> 0-based items (1-based on disk)."""
+    path = Path(path)
+    seqs: Sequences = {}
+    with path.open() as f:
+        for lineno, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue  # blank line (e.g. a trailing newline): no user
+            if not all(x.isdigit() for x in fields):
+                bad = next(x for x in fields if not x.isdigit())
+                raise ValueError(f"{path}, line {lineno}: {bad!r} is not a positive integer (`USER ITEM ITEM ...`).")
+            user, items = int(fields[0]), [int(x) for x in fields[1:]]
+            if user in seqs:
+                raise ValueError(f"{path}, line {lineno}: user {user} already has a line in this file.")
+            for k in items:
+                if not 1 <= k <= num_items:
+                    raise ValueError(
+                        f"{path}, line {lineno}: item {k} is not in the index (items are 1-based here: "
+                        f"1 … {num_items} map to index keys 0 … {num_items - 1})."
+                    )
+            seqs[user] = tuple(k - 1 for k in items)
+    return seqs
+
+
+def find_index_file(root: str | os.PathLike) -> Path:
+    root = Path(root)
+    found = sorted(root.glob("*.index.json"))
+    if len(found) != 1:
+        raise ValueError(f"{root}: expected exactly one *.index.json file, found {[p.name for p in found]}.")
+    return found[0]
+
+
+def load_dataset(root: str | os.PathLike, *, allow_duplicate_ids: bool = False) -> RecDataset:
+    """Read a dataset folder (index + the three splits, plus meta.json if present)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"No dataset folder at {root}.")
+    index_path = find_index_file(root)
+    index = load_index(index_path, allow_duplicate_ids=allow_duplicate_ids)
+    splits = {s: load_split(root / f"sequential_{s}.txt", len(index)) for s in SPLITS}
+    meta_path = root / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    name = index_path.name[: -len(".index.json")]
+    return RecDataset(name=name, index=index, meta=meta, **splits)
+
+
+# ----------------------------------------------------------------------------------------------
+# Samples
+
+
+def train_samples(ds: RecDataset, max_history: int = MAX_HISTORY) -> list[Sample]:
+    """Every prefix of a user's train sequence predicts the item after it (empty prefixes skipped)."""
+    return [
+        Sample(user=u, history=seq[max(0, t - max_history) : t], target=seq[t])
+        for u, seq in sorted(ds.train.items())
+        for t in range(1, len(seq))
+    ]
+
+
+def eval_cases(ds: RecDataset, split: str = "test", max_history: int = MAX_HISTORY) -> list[EvalCase]:
+    """Users with >= 1 item in `split`; history = everything before that split (last `max_history`).
+
+    test: history = train + valid, truth = all test items. valid: history = train, truth = valid.
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}.")
+    before = ("train",) if split == "valid" else ("train", "valid")
+    held_out = getattr(ds, split)
+    cases = []
+    for u in sorted(held_out):
+        if not held_out[u]:
+            continue
+        history = tuple(i for s in before for i in getattr(ds, s).get(u, ()))
+        start = max(0, len(history) - max_history)  # max_history = 0 keeps nothing
+        cases.append(EvalCase(user=u, history=history[start:], truth=frozenset(held_out[u])))
+    if not cases:
+        raise ValueError(f"Dataset {ds.name!r}: no user has a {split} item, so there is nothing to evaluate.")
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def save_dataset(
+    ds: RecDataset, root: str | os.PathLike, *, readme: str | None = None, allow_duplicate_ids: bool = False
+) -> Path:
+    """Write `ds` in the on-disk format, every file atomically (temp file, then rename).
+
+    All files are written to temporaries first and renamed only once all of them succeeded, so an
+    error (or a crash) never leaves a half-written file under a real name.
+    """
+    if not allow_duplicate_ids:
+        _check_unique_ids(ds.index, f"dataset {ds.name!r}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    users = ds.users
+    contents = {f"{ds.name}.index.json": _index_json(ds.index)}
+    for s in SPLITS:
+        contents[f"sequential_{s}.txt"] = _split_text(getattr(ds, s), users, ds.num_items)
+    if ds.meta:
+        contents["meta.json"] = json.dumps(ds.meta, indent=2, sort_keys=True) + "\n"
+    if readme is not None:
+        contents["README.txt"] = readme
+    _write_all_atomically(root, contents)
+    return root
+
+
+def _index_json(index: Mapping[int, SemanticID]) -> str:
+    return json.dumps({str(i): list(index[i]) for i in sorted(index)})
+
+
+def _split_text(seqs: Mapping[int, Sequence[int]], users: Iterable[int], num_items: int) -> str:
+    lines = []
+    for u in users:
+        items = seqs.get(u, ())
+        if any(not 0 <= i < num_items for i in items):
+            raise ValueError(f"user {u}: item ids must be 0 … {num_items - 1} in memory, got {list(items)}.")
+        lines.append(" ".join(str(x) for x in (u, *(i + 1 for i in items))))
+    return "".join(line + "\n" for line in lines)
+
+
+def _write_all_atomically(root: Path, contents: Mapping[str, str]) -> None:
+    temps: list[Path] = []
+    try:
+        for name, text in contents.items():
+            fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".tmp")
+            temps.append(Path(tmp))
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; the data is not
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, name in zip(temps, contents):
+            os.replace(tmp, root / name)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
