@@ -14,7 +14,9 @@ import torch
 from transformers import LogitsProcessorList
 
 from atspeed.beamsd_replace import replace_beam_search_with_TreeAttn
+from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook
 from atspeed.hf.generate import generate_with_tree_attention
+from atspeed.hf.speculative import generate_speculative
 
 
 def _as_inputs(inputs: Mapping[str, torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
@@ -70,4 +72,92 @@ def beam_search_by_TreeAttn(
     }
 
 
-__all__ = ["beam_search_by_TreeAttn", "replace_beam_search_with_TreeAttn"]
+def _sd_settings(target, draft, max_new_tokens, gamma, beam_size, draft_beam_size) -> tuple[int, int, int, int]:
+    tgc, dgc = target.generation_config, draft.generation_config
+    max_new_tokens = _setting("max_new_tokens", max_new_tokens, tgc.max_new_tokens, "max_new_tokens")
+    gamma = _setting("max_new_tokens", gamma, dgc.max_new_tokens, "gamma (draft_model.generation_config.max_new_tokens)")
+    beam_size = _setting("num_beams", beam_size, tgc.num_beams, "beam_size")
+    draft_beam_size = _setting("num_beams", draft_beam_size, dgc.num_beams, "draft_beam_size")
+    return max_new_tokens, gamma, beam_size, draft_beam_size
+
+
+def run_speculative(
+    target_model: torch.nn.Module,
+    draft_model: torch.nn.Module,
+    inputs: Mapping[str, torch.Tensor] | torch.Tensor,
+    max_new_tokens: int | None = None,
+    gamma: int | None = None,
+    beam_size: int | None = None,
+    draft_beam_size: int | None = None,
+    logits_processor: LogitsProcessorList | None = None,
+    prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], list[int]] | None = None,
+    schedule: DraftSchedule | None = None,
+    hook: Hook = _null_hook,
+    **generate_kwargs: Any,
+) -> dict[str, Any]:
+    """Shared by beam_search_by_SD and its timing variant (which passes a timing `hook`)."""
+    max_new_tokens, gamma, beam_size, draft_beam_size = _sd_settings(
+        target_model, draft_model, max_new_tokens, gamma, beam_size, draft_beam_size
+    )
+    if schedule is None:
+        schedule = DraftSchedule(gamma)
+    generate_kwargs.setdefault("num_return_sequences", beam_size)
+    out = generate_speculative(
+        target_model,
+        draft_model,
+        draft_beams=draft_beam_size,
+        schedule=schedule,
+        logits_processor=logits_processor,
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+        hook=hook,
+        **_as_inputs(inputs),
+        max_new_tokens=max_new_tokens,
+        num_beams=beam_size,
+        **generate_kwargs,
+    )
+    stats = out.stats
+    n_run = stats["n_run"]
+    return {
+        "beam_sequences": out.sequences,
+        "beam_scores": out.sequences_scores,
+        "n_run": n_run,
+        "total_accept_steps": stats["total_accept_steps"],
+        "ave_accept_steps": stats["total_accept_steps"] / n_run,
+        "ave_accept_rate": stats["total_accept_steps"] / max(1, stats["drafted_levels"]),
+        "total_accept_tokens": stats["steps"],
+        "ave_accept_tokens": stats["steps"] / n_run,
+        "target_calls": stats["target_calls"],
+        "target_tokens": stats["target_tokens"],
+        "draft_calls": stats["draft_calls"],
+        "draft_tokens": stats["draft_tokens"],
+        "per_round_accepted": stats["per_round_accepted"],
+    }
+
+
+def beam_search_by_SD(
+    target_model: torch.nn.Module,
+    draft_model: torch.nn.Module,
+    inputs: Mapping[str, torch.Tensor] | torch.Tensor,
+    max_new_tokens: int | None = None,
+    gamma: int | None = None,
+    beam_size: int | None = None,
+    draft_beam_size: int | None = None,
+    logits_processor: LogitsProcessorList | None = None,
+    prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], list[int]] | None = None,
+    schedule: DraftSchedule | None = None,
+    **generate_kwargs: Any,
+) -> dict[str, Any]:
+    """Speculative beam search with strict top-K verification: exactly the target's beam search output.
+
+    Settings default to target_model.generation_config (max_new_tokens, num_beams) and
+    draft_model.generation_config (max_new_tokens = gamma, num_beams = N). Returns beam_sequences,
+    beam_scores, n_run (rounds), total_accept_steps, ave_accept_steps, ave_accept_rate, and counters
+    (target_calls, target_tokens, draft_calls). `schedule=DraftSchedule(gamma, adaptive=True)` adapts gamma.
+    """
+    return run_speculative(
+        target_model, draft_model, inputs, max_new_tokens, gamma, beam_size, draft_beam_size,
+        logits_processor, prefix_allowed_tokens_fn, schedule, **generate_kwargs,
+    )
+
+
+__all__ = ["beam_search_by_TreeAttn", "beam_search_by_SD", "replace_beam_search_with_TreeAttn"]

@@ -106,9 +106,11 @@ class TreeLM:
         logits = self._run(input_ids, mask, positions, 1 if last_only else 0)
         return logits[:, -1] if last_only else logits
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tokens/positions: [B, Q]; mask: additive [B, 1, Q, S+Q]. Returns logits [B, Q, V]."""
-        return self._run(tokens, mask, positions, 0)
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, logits_to_keep: int = 0
+    ) -> torch.Tensor:
+        """tokens/positions: [B, Q]; mask: additive [B, 1, Q, S+Q]. Returns logits [B, Q or logits_to_keep, V]."""
+        return self._run(tokens, mask, positions, logits_to_keep)
 
     def keep_slots(self, index: torch.Tensor) -> None:
         compat.cache_select(self.cache, index)

@@ -1,0 +1,351 @@
+"""Speculative beam search (AtSpeed §2): the draft proposes a beam tree, the target verifies it.
+
+Per round, with K target beams, N >= K draft beams and draft length gamma:
+1. draft: gamma levels of beam search (N beams) from the current K beams on the draft's own tree cache;
+2. target: ONE forward over the K pending beam tokens plus all N * gamma draft nodes (tree mask);
+   in the first round the prompt prefill goes into that same forward;
+3. verify (strict top-K, lossless): take the target's own beam step at level j (HF semantics, all
+   processors and EOS handling); accept level j iff all K new running beams are drafted nodes of
+   level j. The first step whose beams are not all drafted is the bonus step; after gamma accepted
+   levels the bonus comes from the last level. Every step is the target's exact beam step, so the
+   output is the target's beam search output whatever the draft.
+4. both models keep their caches; beams that died are masked, and caches are compacted now and then.
+
+Batches advance in lockstep: a round stops at the first level where any request rejects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from atspeed.decoding.beam import BeamConfig, StoppingFn, beam_step, finalize, gather_beams, init_beams, is_done
+from atspeed.decoding.tree import (
+    additive_mask,
+    chain_parents,
+    compaction_plan,
+    node_visibility,
+    select_slots,
+)
+from atspeed.decoding.tree_search import BeamSearchResult, LogitsProcessorFn, TreeForward
+
+Hook = Callable[[str], object]  # returns a context manager timing the named phase
+
+
+@dataclass
+class DraftSchedule:
+    """Draft length per round. Fixed (the paper's setting) or adaptive: after a fully accepted round
+    draft one level more (up to `max_gamma`), else as many as were accepted (down to 0 = plain tree
+    attention); at 0, probe with one level every `probe_every` rounds. Persist it across calls to
+    keep what was learnt about a draft."""
+
+    gamma: int
+    adaptive: bool = False
+    max_gamma: int | None = None
+    probe_every: int = 4
+    _idle_rounds: int = 0
+
+    def next_gamma(self, remaining: int) -> int:
+        g = self.gamma
+        if g == 0 and self.adaptive:
+            self._idle_rounds += 1
+            if self._idle_rounds >= self.probe_every:
+                self._idle_rounds, g = 0, 1
+        return max(0, min(g, remaining - 1))
+
+    def update(self, drafted: int, accepted: int) -> None:
+        if not self.adaptive or drafted == 0:
+            return
+        cap = self.max_gamma if self.max_gamma is not None else max(self.gamma, drafted)
+        self.gamma = min(cap, accepted + 1) if accepted == drafted else accepted
+
+
+@dataclass
+class _ModelView:
+    """One model's view of the running beams: rows of cache slots read, and tokens not yet read."""
+
+    rows: torch.Tensor  # [B, K, S]
+    pending: torch.Tensor  # [B, K, P] (P may be 0)
+
+
+@dataclass
+class DraftTree:
+    tokens: list[torch.Tensor]  # per level: [B, N]
+    parents: list[torch.Tensor]  # per level: [B, N] index into the previous level (level 1: beam 0..K-1)
+    rows: list[torch.Tensor]  # draft cache rows of levels fed to the draft (levels 0..gamma-1)
+
+
+@dataclass
+class SpecCounters:
+    rounds: int = 0
+    drafted_levels: int = 0
+    accepted_levels: int = 0
+    per_round_accepted: list[int] = field(default_factory=list)
+
+
+def _null_hook(name: str):
+    return _Null()
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _prompt_inputs(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal + padding visibility [B, n, n] and HF-style positions [B, n] of the prompt."""
+    n = attention_mask.shape[1]
+    real = attention_mask.bool()
+    causal = torch.ones(n, n, dtype=torch.bool, device=real.device).tril()
+    visible = causal[None] & real[:, None, :]
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions.masked_fill_(attention_mask == 0, 1)
+    return visible, positions
+
+
+def _feed(
+    lm: TreeForward,
+    view: _ModelView,
+    extra_tokens: list[torch.Tensor],
+    extra_parents: list[torch.Tensor],
+    depth0: int,
+    prompt_lengths: torch.Tensor,
+    prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feed each beam's pending chain, then levels of new nodes, in ONE forward (with the prompt first
+    if `prompt` = (input_ids, attention_mask) is given). Returns logits and visible rows of the
+    new nodes: [B, Q, V], [B, Q, S + Q], chain nodes first (beam k's chain end at k*P + P - 1).
+
+    extra_parents: per level, parent index into the previous level (level 1: into the K beams).
+    """
+    B, K, P = view.pending.shape
+    dev = view.rows.device
+    parts_tok, parts_par, parts_depth = [], [], []
+    if P:
+        parts_tok.append(view.pending.reshape(B, K * P))
+        parts_par.append(chain_parents(K, P, dev).expand(B, K * P))
+        parts_depth.append((depth0 + torch.arange(P, device=dev)).repeat(K).expand(B, K * P))
+    base = K  # index of the first node of the previous level (chain ends, or the beams themselves)
+    prev_start = None
+    for level, (tok, par) in enumerate(zip(extra_tokens, extra_parents), start=1):
+        if level == 1:
+            idx = K + par * P + (P - 1) if P else par
+        else:
+            idx = prev_start + par
+        start = base + sum(t.shape[1] for t in parts_tok)
+        parts_tok.append(tok)
+        parts_par.append(idx)
+        parts_depth.append(torch.full_like(tok, depth0 + P + level - 1))
+        prev_start = start
+    tokens = torch.cat(parts_tok, dim=1)
+    parents = torch.cat(parts_par, dim=1)
+    depth = torch.cat(parts_depth, dim=1)
+    max_depth = P + len(extra_tokens)
+    if prompt is None:
+        visible = node_visibility(view.rows, parents, max_depth)
+        logits = lm.forward(tokens, prompt_lengths[:, None] + depth, additive_mask(visible, lm.dtype))
+        return logits, visible
+    # first round: the prompt and the tree in one forward
+    input_ids, attention_mask = prompt
+    n = input_ids.shape[1]
+    p_visible, p_positions = _prompt_inputs(attention_mask)
+    visible = node_visibility(view.rows, parents, max_depth)  # [B, Q, n + Q]
+    Q = tokens.shape[1]
+    top = torch.cat((p_visible, p_visible.new_zeros(B, n, Q)), dim=-1)
+    mask = additive_mask(torch.cat((top, visible), dim=1), lm.dtype)
+    positions = torch.cat((p_positions, prompt_lengths[:, None] + depth), dim=1)
+    logits = lm.forward(torch.cat((input_ids, tokens), dim=1), positions, mask, logits_to_keep=Q + 1)
+    return logits, visible
+
+
+def draft_tree(
+    draft: TreeForward,
+    view: _ModelView,
+    root_logits: torch.Tensor | None,
+    state,
+    gamma: int,
+    num_draft_beams: int,
+    target_processor: LogitsProcessorFn,
+    draft_processor: LogitsProcessorFn,
+    prompt_lengths: torch.Tensor,
+    depth0: int,
+) -> tuple[DraftTree, torch.Tensor]:
+    """gamma levels of N-beam search by the draft from the K running beams. Returns the tree and the
+    draft rows of the beams' chain ends (level 0)."""
+    B, K, P = view.pending.shape
+    N = num_draft_beams
+    if P:
+        logits, rows = _feed(draft, view, [], [], depth0, prompt_lengths)
+        ends = torch.arange(K, device=rows.device) * P + P - 1
+        root_logits = logits[:, ends]  # [B, K, V]
+        level0_rows = rows[:, ends]
+    else:
+        level0_rows = view.rows
+    V = root_logits.shape[-1]
+    seqs = state.running_sequences[:, :, : state.cur_len]  # [B, K, L]
+    log_probs = target_processor(seqs.reshape(B * K, -1), torch.log_softmax(root_logits.reshape(B * K, V), -1))
+    scores = (state.running_scores[:, :, None] + log_probs.view(B, K, V)).reshape(B, K * V)
+    tree = DraftTree([], [], [level0_rows])
+    view_rows = level0_rows
+    for level in range(1, gamma + 1):
+        top, idx = torch.topk(scores, k=N)  # [B, N]
+        parent, token = idx // V, idx % V
+        tree.tokens.append(token)
+        tree.parents.append(parent)
+        if level == gamma:
+            break
+        seqs = torch.cat((gather_beams(seqs, parent), token[:, :, None]), dim=-1)  # [B, N, L+1]
+        level_view = _ModelView(view_rows, token.new_zeros(B, view_rows.shape[1], 0))
+        logits, rows = _feed(draft, level_view, [token], [parent], depth0 + P + level - 1, prompt_lengths)
+        view_rows = rows  # [B, N, S']; the level's own nodes
+        tree.rows.append(rows)
+        log_probs = draft_processor(seqs.reshape(B * N, -1), torch.log_softmax(logits.reshape(B * N, V), -1))
+        scores = (top[:, :, None] + log_probs.view(B, N, V)).reshape(B, N * V)
+    return tree, level0_rows
+
+
+def _pad_rows(rows: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """Visibility rows made when the cache was shorter, widened to `num_slots` (new slots unseen)."""
+    extra = num_slots - rows.shape[-1]
+    return rows if extra == 0 else torch.cat((rows, rows.new_zeros(*rows.shape[:-1], extra)), dim=-1)
+
+
+def speculative_beam_search(
+    target: TreeForward,
+    draft: TreeForward,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cfg: BeamConfig,
+    schedule: DraftSchedule,
+    num_draft_beams: int,
+    target_processor: LogitsProcessorFn,
+    draft_processor: LogitsProcessorFn,
+    stopping: StoppingFn,
+    *,
+    num_return_sequences: int,
+    fill_value: int,
+    hook: Hook = _null_hook,
+    compact_every: int = 4,
+) -> BeamSearchResult:
+    """Strict (lossless) speculative beam search. input_ids / attention_mask: [B, n], left-padded."""
+    B, n = input_ids.shape
+    K, N = cfg.num_beams, num_draft_beams
+    prompt_lengths = attention_mask.sum(-1)
+    state = init_beams(input_ids, cfg, fill_value)
+    prompt_rows = attention_mask.bool()[:, None, :].expand(B, K, n)
+    no_tokens = input_ids.new_zeros(B, K, 0)
+    t_view: _ModelView | None = None  # None: the target has not read the prompt yet
+    d_view: _ModelView | None = None  # None: the draft has not read the prompt yet
+    counters = SpecCounters()
+    while True:
+        gamma = schedule.next_gamma(cfg.max_length - state.cur_len)
+        generated = state.cur_len - n
+        tree = None
+        if gamma > 0:
+            with hook("draft"):
+                root_logits = None
+                if d_view is None:  # lazy: a draft that is never used is never run
+                    root_logits = draft.prefill(input_ids, attention_mask)[:, None].expand(B, K, -1)
+                    pending = state.running_sequences[:, :, n : state.cur_len]
+                    d_view = _ModelView(prompt_rows, pending)
+                    root_logits = None if generated else root_logits
+                depth0 = generated - d_view.pending.shape[-1]
+                tree, level0_rows = draft_tree(
+                    draft, d_view, root_logits, state, gamma, N, target_processor, draft_processor,
+                    prompt_lengths, depth0,
+                )
+                tree.rows[0] = level0_rows
+        with hook("target"):
+            levels = tree.tokens if tree else []
+            parents = tree.parents if tree else []
+            if t_view is None:
+                if levels:
+                    logits, rows = _feed(
+                        target, _ModelView(prompt_rows, no_tokens), levels, parents, 0, prompt_lengths,
+                        prompt=(input_ids, attention_mask),
+                    )
+                    level0_logits, node_logits = logits[:, :1].expand(B, K, -1), logits[:, 1:]
+                    level0_rows, node_rows = _pad_rows(prompt_rows, n + rows.shape[1]), rows
+                else:
+                    level0_logits = target.prefill(input_ids, attention_mask)[:, None].expand(B, K, -1)
+                    level0_rows, node_rows, node_logits = prompt_rows, None, None
+            else:
+                logits, rows = _feed(target, t_view, levels, parents, generated - 1, prompt_lengths)
+                level0_logits, node_logits = logits[:, :K], logits[:, K:]
+                level0_rows, node_rows = rows[:, :K], rows[:, K:]
+        with hook("verify"):
+            cur_logits, cur_idx, accepted = level0_logits, torch.arange(K, device=input_ids.device).expand(B, K), 0
+            done = False
+            for j in range(1, gamma + 2):
+                V = cur_logits.shape[-1]
+                flat_running = state.running_sequences[:, :, : state.cur_len].reshape(B * K, -1)
+                log_probs = target_processor(flat_running, torch.log_softmax(cur_logits.reshape(B * K, V), -1))
+                state, beam_parents = beam_step(state, log_probs.view(B, K, V), cfg, stopping)
+                parent_idx = cur_idx.gather(1, beam_parents)  # index within level j - 1
+                if is_done(state, cfg):
+                    done = True
+                    break
+                if j > gamma:
+                    break
+                tokens = state.running_sequences[:, :, state.cur_len - 1]
+                match = (tree.parents[j - 1][:, None, :] == parent_idx[:, :, None]) & (
+                    tree.tokens[j - 1][:, None, :] == tokens[:, :, None]
+                )  # [B, K, N]
+                if not bool(match.any(-1).all()):
+                    break
+                accepted = j
+                cur_idx = match.to(torch.int8).argmax(-1)  # [B, K] index within level j
+                cur_logits = gather_beams(node_logits[:, (j - 1) * N : j * N], cur_idx)
+        counters.rounds += 1
+        counters.drafted_levels += gamma
+        counters.accepted_levels += accepted
+        counters.per_round_accepted.append(accepted)
+        schedule.update(gamma, accepted)
+        if done:
+            break
+        bonus = state.running_sequences[:, :, state.cur_len - 1 : state.cur_len]  # [B, K, 1]
+        # the target has read everything but the bonus tokens
+        t_level_rows = level0_rows if accepted == 0 else node_rows[:, (accepted - 1) * N : accepted * N]
+        t_rows = gather_beams(_pad_rows(t_level_rows, level0_rows.shape[-1]), parent_idx)
+        t_view = _ModelView(t_rows, bonus)
+        # the draft has read the tree's levels 0..gamma-1, not level gamma
+        if tree is None:
+            if d_view is not None:
+                d_view = _ModelView(
+                    gather_beams(d_view.rows, parent_idx),
+                    torch.cat((gather_beams(d_view.pending, parent_idx), bonus), dim=-1),
+                )
+        else:
+            width = tree.rows[-1].shape[-1]
+            if accepted < gamma:
+                d_rows, d_pending = gather_beams(_pad_rows(tree.rows[accepted], width), parent_idx), bonus
+            else:
+                last_parent = tree.parents[-1].gather(1, parent_idx)
+                last_token = tree.tokens[-1].gather(1, parent_idx)[:, :, None]
+                d_rows = gather_beams(_pad_rows(tree.rows[-1], width), last_parent)
+                d_pending = torch.cat((last_token, bonus), dim=-1)
+            d_view = _ModelView(d_rows, d_pending)
+        if compact_every and counters.rounds % compact_every == 0:
+            for lm, view in ((target, t_view), (draft, d_view)):
+                keep = compaction_plan([view.rows]) if view is not None else None
+                if keep is not None:
+                    lm.keep_slots(keep)
+                    view.rows = select_slots(view.rows, keep)
+    sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
+    return BeamSearchResult(
+        sequences=sequences,
+        sequences_scores=scores,
+        beam_indices=beam_indices,
+        stats={
+            "steps": state.cur_len - n,
+            "n_run": counters.rounds,
+            "total_accept_steps": counters.accepted_levels,
+            "drafted_levels": counters.drafted_levels,
+            "per_round_accepted": counters.per_round_accepted,
+        },
+    )

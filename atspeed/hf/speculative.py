@@ -1,0 +1,158 @@
+"""transformers glue for speculative beam search: the target's generate() prepares the config,
+processors and stopping criteria; the draft gets the same processors built for its N beams."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any, Callable
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList
+
+from atspeed.decoding.beam import BeamConfig
+from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook, speculative_beam_search
+from atspeed.hf.generate import TreeBeamOutput, check_generation_request
+from atspeed.hf.model import TreeLM, UnsupportedModelError, check_tree_support, max_positions, model_device
+
+
+def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_beams: int, draft_beams: int, gamma: int) -> None:
+    """Clear errors for a draft that cannot serve this target and request."""
+    check_tree_support(draft)
+    t_vocab = target.get_output_embeddings().weight.shape[0]
+    d_vocab = draft.get_output_embeddings().weight.shape[0]
+    if t_vocab != d_vocab or target.config.get_text_config().vocab_size != draft.config.get_text_config().vocab_size:
+        raise ValueError(
+            f"draft and target vocabularies differ (draft {d_vocab} tokens, target {t_vocab}): speculative decoding "
+            "needs the same token ids in both."
+        )
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        t, d = getattr(target.config, name, None), getattr(draft.config, name, None)
+        if t is not None and d is not None and t != d:
+            raise ValueError(f"draft and target token maps differ: {name} is {d} in the draft, {t} in the target.")
+    if not isinstance(draft_beams, int) or draft_beams < num_beams:
+        raise ValueError(f"draft beams N={draft_beams} must be >= target beams K={num_beams} (N-to-K verification).")
+    if not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma (draft length) must be an integer >= 1, got {gamma!r}.")
+    if model_device(draft) != model_device(target):
+        raise ValueError(f"draft is on {model_device(draft)} but the target is on {model_device(target)}.")
+
+
+def speculative_generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    logits_processor: Any,
+    stopping_criteria: Any,
+    generation_config: GenerationConfig,
+    synced_gpus: bool = False,
+    draft_model: torch.nn.Module | None = None,
+    draft_beams: int | None = None,
+    schedule: DraftSchedule | None = None,
+    user_processors: LogitsProcessorList | None = None,
+    prefix_allowed_tokens_fn: Callable | None = None,
+    hook: Hook = _null_hook,
+    **model_kwargs: Any,
+) -> TreeBeamOutput:
+    """A `custom_generate` decoding method for the target: strict speculative beam search."""
+    gc = generation_config
+    if gc.do_sample:
+        raise NotImplementedError(
+            "relaxed (sampling) verification is not implemented yet; use do_sample=False (strict, lossless)."
+        )
+    check_tree_support(model)
+    K, R = gc.num_beams, gc.num_return_sequences or 1
+    expand = max(K, R)
+    prompt = input_ids[::expand]
+    attention_mask = model_kwargs.get("attention_mask")
+    attention_mask = torch.ones_like(prompt) if attention_mask is None else attention_mask[::expand]
+    n = prompt.shape[1]
+    new_tokens = gc.max_length - n
+    check_generation_request(model, prompt, K, R, new_tokens, attention_mask.sum(-1))
+    check_draft(model, draft_model, K, draft_beams, schedule.gamma if not schedule.adaptive else max(1, schedule.gamma))
+    limit = max_positions(draft_model)
+    if limit is not None and int(attention_mask.sum(-1).max()) + new_tokens > limit:
+        raise ValueError(f"prompt + max_new_tokens exceeds the draft's maximum positions ({limit}).")
+
+    draft_gc = copy.deepcopy(gc)
+    draft_gc.num_beams = draft_beams
+    draft_processor = model._get_logits_processor(
+        generation_config=draft_gc,
+        input_ids_seq_length=n,
+        encoder_input_ids=prompt,
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+        logits_processor=copy.copy(user_processors) if user_processors is not None else LogitsProcessorList(),
+        device=prompt.device,
+        model_kwargs={},
+    )
+    eos = gc._eos_token_tensor
+    cfg = BeamConfig(
+        num_beams=K,
+        prompt_len=n,
+        max_length=gc.max_length,
+        length_penalty=gc.length_penalty,
+        early_stopping=gc.early_stopping,
+        num_eos=eos.shape[0] if eos is not None else 0,
+    )
+    fill = gc._pad_token_tensor or eos[0] if eos is not None else -1
+    target, draft = TreeLM(model), TreeLM(draft_model)
+    result = speculative_beam_search(
+        target,
+        draft,
+        prompt,
+        attention_mask,
+        cfg,
+        schedule,
+        draft_beams,
+        logits_processor,
+        draft_processor,
+        stopping_criteria,
+        num_return_sequences=R,
+        fill_value=int(fill),
+        hook=hook,
+    )
+    result.stats.update(
+        target_calls=target.forward_calls,
+        target_tokens=target.tokens_processed,
+        draft_calls=draft.forward_calls,
+        draft_tokens=draft.tokens_processed,
+    )
+    return TreeBeamOutput(
+        sequences=result.sequences,
+        sequences_scores=result.sequences_scores,
+        beam_indices=result.beam_indices,
+        stats=result.stats,
+    )
+
+
+def generate_speculative(
+    target: torch.nn.Module,
+    draft: torch.nn.Module,
+    *,
+    draft_beams: int,
+    schedule: DraftSchedule,
+    logits_processor: LogitsProcessorList | None = None,
+    prefix_allowed_tokens_fn: Callable | None = None,
+    hook: Hook = _null_hook,
+    **kwargs: Any,
+) -> TreeBeamOutput:
+    """The target's generate() (class method, patched or not) running speculative beam search."""
+    if not isinstance(draft, torch.nn.Module) or not hasattr(draft, "config"):
+        raise UnsupportedModelError("draft must be a Hugging Face causal LM.")
+    method = functools.partial(
+        speculative_generate,
+        draft_model=draft,
+        draft_beams=draft_beams,
+        schedule=schedule,
+        user_processors=logits_processor,
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+        hook=hook,
+    )
+    return type(target).generate(
+        target,
+        custom_generate=method,
+        logits_processor=logits_processor,
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+        return_dict_in_generate=True,
+        output_scores=True,
+        **kwargs,
+    )
