@@ -14,31 +14,10 @@ import statistics
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from atspeed.hf.compat import cache_bytes
 from atspeed.hf.generate import generate_with_tree_attention
-
-
-def bench_model(vocab: int = 1024, eos: int = 2, seed: int = 0) -> LlamaForCausalLM:
-    """The brief's benchmark model: a random 4-layer, 256-wide Llama (EOS made reachable)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        eos_token_id=eos,
-        pad_token_id=0,
-        bos_token_id=1,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # a random model almost never ends: make EOS a plausible token
-        model.lm_head.weight[eos] *= 3.0
-    return model
+from atspeed.models import bench_model
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

@@ -13,48 +13,15 @@ the two disagree. Recommendation shape: 84-token prompt, 4 new tokens, N = 40, g
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from atspeed.beamsd import run_speculative
 from atspeed.decoding.speculative import DraftSchedule
 from atspeed.hf.generate import generate_with_tree_attention
-
-SIZES = {  # width, MLP, heads, kv heads, draft layers, target layers, vocab
-    "cpu": dict(hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_key_value_heads=4,
-                draft_layers=1, target_layers=4, vocab_size=1024),
-    # TinyLlama-1.1B's shape: the target is ~1.1B parameters, the 1-layer draft ~10x cheaper per token
-    "1b": dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4,
-               draft_layers=1, target_layers=22, vocab_size=32000),
-}
-
-
-def build_pair(size: str, noise: float, device: str, dtype: torch.dtype, seed: int = 0):
-    spec = dict(SIZES[size])
-    d_layers, t_layers = spec.pop("draft_layers"), spec.pop("target_layers")
-    common = dict(spec, max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(seed)
-    with torch.device(device):
-        target = LlamaForCausalLM(LlamaConfig(num_hidden_layers=t_layers, **common)).to(dtype).eval()
-        draft = LlamaForCausalLM(LlamaConfig(num_hidden_layers=d_layers, **common)).to(dtype).eval()
-    draft.model.embed_tokens.load_state_dict(target.model.embed_tokens.state_dict())
-    draft.model.norm.load_state_dict(target.model.norm.state_dict())
-    draft.lm_head.load_state_dict(target.lm_head.state_dict())
-    with torch.no_grad():
-        for i, layer in enumerate(target.model.layers):
-            if i < d_layers:
-                draft.model.layers[i].load_state_dict(layer.state_dict())
-                continue
-            for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):
-                proj.weight.copy_(torch.randn_like(proj.weight) * noise)
-    for m in (target, draft):
-        m.generation_config.pad_token_id = 0
-    return target, draft
-
+from atspeed.models import SIZES, draft_target_pair
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
@@ -92,7 +59,7 @@ def main() -> None:
           f"{args.size} pair, {args.dtype}; prompt {args.prompt}, {args.new} new tokens, N={args.draft_beams}, "
           f"gamma={args.gamma}, batch {args.batch}")
     for noise in args.noise:
-        target, draft = build_pair(args.size, noise, dev, dtype)
+        target, draft = draft_target_pair(args.size, noise, device=dev, dtype=dtype)
         n_t = sum(p.numel() for p in target.parameters()) / 1e6
         n_d = sum(p.numel() for p in draft.parameters()) / 1e6
         print(f"\nnoise {noise}: target {n_t:.0f}M params ({target.config.num_hidden_layers} layers), "

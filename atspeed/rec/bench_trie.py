@@ -1,6 +1,6 @@
 """Per-step cost of trie-constrained decoding: vectorised TrieLogitsProcessor vs HF's per-row path.
 
-    python -m atspeed.rec.bench_trie [--data DIR] [--batch 1 4 16] [--beams 20] [--device cpu]
+    python -m atspeed.rec.bench_trie [--data DIR] [--batch 1 4 16] [--beams 20] [--device cpu] [--threads 1]
 
 Rows = B requests x K beams. For each depth of an item ID (0 … L-1) the rows hold random valid
 prefixes (as beams do), scores are random; both processors see the same inputs and must give the
@@ -18,7 +18,7 @@ import torch
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
 from atspeed.rec.data import load_index
-from atspeed.rec.synthetic import generate
+from atspeed.rec.synthetic import generate_dataset
 from atspeed.rec.tokenizer import build_tokenizer, item_vocab
 from atspeed.rec.trie import TrieLogitsProcessor, build_trie, prefix_allowed_tokens_fn
 
@@ -29,7 +29,7 @@ PROMPT_LEN = 81  # BOS + 20 items x 4 tokens
 def catalogue(data: Path) -> tuple[str, dict]:
     if (data / "beauty.index.json").exists():
         return "beauty", load_index(data / "beauty.index.json", allow_duplicate_ids=True)
-    return "synthetic", generate().index
+    return "synthetic", generate_dataset().index
 
 
 def median_time(fn, repeats: int, device: torch.device) -> float:
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--beams", type=int, default=20)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier timings of tiny ops)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
 
@@ -64,8 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     eos = tokenizer.eos_token_id
     fast = TrieLogitsProcessor(trie, PROMPT_LEN, eos_token_id=eos)
     hf = PrefixConstrainedLogitsProcessor(prefix_allowed_tokens_fn(trie, PROMPT_LEN, eos), num_beams=K)
-    print(f"catalogue: {name}, {len(index)} items, vocab {V}, trie tables {trie.nbytes() / 1e6:.1f} MB, "
-          f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"catalogue: {name}, {len(index)} items, vocab {V}, trie tables {trie.nbytes() / 1e6:.1f} MB, "
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"{'B':>4} {'rows':>5} {'vectorised ms':>14} {'HF prefix_fn ms':>16} {'HF / vectorised':>16}")
     for B in args.batch:
         N = B * K
@@ -76,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             input_ids = torch.cat([prompt, items[:, :depth]], 1).to(device)  # [N, PROMPT_LEN + depth]
             scores = torch.randn(N, V, device=device)
             assert torch.equal(fast(input_ids, scores), hf(input_ids, scores)), "processors disagree"
-            fast_t.append(median_time(lambda: fast(input_ids, scores), args.repeats, device))
-            hf_t.append(median_time(lambda: hf(input_ids, scores), max(3, args.repeats // 4), device))
+            fast_t.append(median_time(lambda x=input_ids, s=scores: fast(x, s), args.repeats, device))
+            hf_t.append(median_time(lambda x=input_ids, s=scores: hf(x, s), max(3, args.repeats // 4), device))
         f, h = 1e3 * sum(fast_t) / L, 1e3 * sum(hf_t) / L
         print(f"{B:>4} {N:>5} {f:>14.3f} {h:>16.3f} {h / f:>15.1f}x")
 

@@ -16,9 +16,9 @@ import json
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 SPLITS = ("train", "valid", "test")
 MAX_HISTORY = 20  # the paper's code truncates histories to the last 20 items
@@ -256,7 +256,7 @@ def _write_all_atomically(root: Path, contents: Mapping[str, str]) -> None:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-        for tmp, name in zip(temps, contents):
+        for tmp, name in zip(temps, contents, strict=True):
             os.replace(tmp, root / name)
     finally:
         for tmp in temps:

@@ -11,7 +11,7 @@ An item counts once, at its first position, so repeats cannot push a score above
 
 from __future__ import annotations
 
-from typing import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -65,7 +65,7 @@ def evaluate(
     if not rankings:
         raise ValueError("No users to evaluate.")
     ks = sorted(set(ks))
-    hit = np.stack([hits(r, t, ks[-1]) for r, t in zip(rankings, truths)])  # [U, K_max]
+    hit = np.stack([hits(r, t, ks[-1]) for r, t in zip(rankings, truths, strict=True)])  # [U, K_max]
     n_truth = np.array([len(t) for t in truths])  # [U]
     out = {}
     for k in ks:

@@ -50,7 +50,7 @@ category, subcategory, cluster, rank) and sequential_{{train,valid,test}}.txt (`
 """
 
 
-def generate(cfg: SyntheticConfig = SyntheticConfig()) -> RecDataset:
+def generate_dataset(cfg: SyntheticConfig = SyntheticConfig()) -> RecDataset:
     """The dataset for `cfg`; the same config (seed included) always gives the same dataset."""
     _check(cfg)
     rng = np.random.default_rng(cfg.seed)
@@ -64,7 +64,7 @@ def generate(cfg: SyntheticConfig = SyntheticConfig()) -> RecDataset:
 
 def write_synthetic(root: str | os.PathLike, cfg: SyntheticConfig = SyntheticConfig()) -> RecDataset:
     """Generate and write the dataset (with README.txt and meta.json) to `root`."""
-    ds = generate(cfg)
+    ds = generate_dataset(cfg)
     save_dataset(ds, Path(root), readme=README.format(name=ds.name))
     return ds
 
@@ -103,7 +103,7 @@ def _semantic_ids(cfg: SyntheticConfig, path: np.ndarray, rng: np.random.Generat
         rank = rank_in_leaf.get(key, 0)
         rank_in_leaf[key] = rank + 1
         levels = (*key, rank)
-        index[item] = tuple(f"<{p}_{code[j][v]}>" for j, (p, v) in enumerate(zip(LEVEL_PREFIXES, levels)))
+        index[item] = tuple(f"<{p}_{code[j][v]}>" for j, (p, v) in enumerate(zip(LEVEL_PREFIXES, levels, strict=True)))
     return index
 
 
@@ -112,7 +112,7 @@ def _user_sequence(cfg: SyntheticConfig, path: np.ndarray, weight: np.ndarray, r
     n_fav = 1 + int(rng.integers(0, cfg.favourite_categories))
     favourites = rng.choice(cfg.num_categories, size=n_fav, replace=False)
     mix = rng.dirichlet(np.ones(n_fav))
-    length = cfg.min_length + int(rng.poisson(cfg.mean_length - cfg.min_length))
+    length = min(cfg.num_items, cfg.min_length + int(rng.poisson(cfg.mean_length - cfg.min_length)))
     seen = np.zeros(len(path), dtype=bool)
     items: list[int] = []
     for _ in range(length):
@@ -142,7 +142,7 @@ def _user_sequence(cfg: SyntheticConfig, path: np.ndarray, weight: np.ndarray, r
     return items
 
 
-def _split_by_time(sequences: list[list[int]], rng: np.random.Generator):
+def _split_by_time(sequences: list[list[int]], rng: np.random.Generator) -> tuple[dict, dict, dict]:
     """Cut all interactions 8:1:1 by one global clock (users start at different times)."""
     times = []
     for seq in sequences:
@@ -150,8 +150,8 @@ def _split_by_time(sequences: list[list[int]], rng: np.random.Generator):
         times.append(start + np.cumsum(rng.exponential(0.03, len(seq))))
     t_valid, t_test = np.quantile(np.concatenate(times), [0.8, 0.9])
     train, valid, test = {}, {}, {}
-    for user, (seq, t) in enumerate(zip(sequences, times), start=1):
-        train[user] = tuple(i for i, ti in zip(seq, t) if ti < t_valid)
-        valid[user] = tuple(i for i, ti in zip(seq, t) if t_valid <= ti < t_test)
-        test[user] = tuple(i for i, ti in zip(seq, t) if ti >= t_test)
+    for user, (seq, t) in enumerate(zip(sequences, times, strict=True), start=1):
+        train[user] = tuple(i for i, ti in zip(seq, t, strict=True) if ti < t_valid)
+        valid[user] = tuple(i for i, ti in zip(seq, t, strict=True) if t_valid <= ti < t_test)
+        test[user] = tuple(i for i, ti in zip(seq, t, strict=True) if ti >= t_test)
     return train, valid, test

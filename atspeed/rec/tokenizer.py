@@ -19,8 +19,8 @@ The tokenizer is a plain `PreTrainedTokenizerFast` (WordLevel model), so `save_p
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -67,7 +67,7 @@ def build_tokenizer(index: Mapping[int, Sequence[str]]) -> PreTrainedTokenizerFa
 
 
 def _code_order(tok: str) -> tuple[int, int, str]:
-    """"<b_7>" before "<b_10>"; tokens not of the form <prefix_number> after them, by name."""
+    """Sort key: <b_7> before <b_10>; tokens not of the form <prefix_number> after them, by name."""
     m = _CODE.fullmatch(tok)
     return (0, int(m.group(2)), m.group(1)) if m else (1, 0, tok)
 

@@ -19,8 +19,8 @@ ends and a dead beam keeps its -inf score.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -71,9 +71,9 @@ def build_trie(items: torch.Tensor | np.ndarray | Sequence[Sequence[int]], vocab
     V = int(tok.max()) + 1 if vocab_size is None else vocab_size
     if tok.max() >= V:
         raise ValueError(f"Token id {tok.max()} is not below vocab_size={V}.")
-    I, L = tok.shape
+    n_items, L = tok.shape
     # local node id of every item's prefix at each depth: node[d][i] (depth 0 = root)
-    node = [np.zeros(I, dtype=np.int64)]
+    node = [np.zeros(n_items, dtype=np.int64)]
     counts = [1]
     for d in range(1, L + 1):
         _, inverse = np.unique(tok[:, :d], axis=0, return_inverse=True)
@@ -91,8 +91,8 @@ def build_trie(items: torch.Tensor | np.ndarray | Sequence[Sequence[int]], vocab
         level_tokens.append(torch.from_numpy(codes))
         allowed.append(torch.from_numpy(table))
     keys_all, first = np.unique(np.concatenate(keys), return_index=True)  # sorted, one per edge
-    leaf_item = np.full(counts[L], I, dtype=np.int64)
-    np.minimum.at(leaf_item, node[L], np.arange(I))
+    leaf_item = np.full(counts[L], n_items, dtype=np.int64)
+    np.minimum.at(leaf_item, node[L], np.arange(n_items))
     return ItemTrie(
         items=torch.from_numpy(tok),
         edge_keys=torch.from_numpy(keys_all),
@@ -128,7 +128,9 @@ def items_of(trie: ItemTrie, tails: torch.Tensor) -> torch.Tensor:
     return torch.where(node >= 0, trie.leaf_item[(node - first_leaf).clamp(min=0)], -1)
 
 
-def allowed_mask(trie: ItemTrie, prefix: torch.Tensor, vocab_size: int, eos_token_ids: Sequence[int] = ()) -> torch.Tensor:
+def allowed_mask(
+    trie: ItemTrie, prefix: torch.Tensor, vocab_size: int, eos_token_ids: Sequence[int] = ()
+) -> torch.Tensor:
     """[N, vocab_size] bool: the tokens each row may take next, given its generated `prefix` [N, d]."""
     N, depth = prefix.shape
     mask = torch.zeros((N, vocab_size), dtype=torch.bool, device=prefix.device)
@@ -141,16 +143,15 @@ def allowed_mask(trie: ItemTrie, prefix: torch.Tensor, vocab_size: int, eos_toke
         dead = ~alive
     else:
         dead = torch.ones(N, dtype=torch.bool, device=prefix.device)  # a full item: it may only end
-    if len(eos_token_ids):
-        eos = torch.as_tensor(list(eos_token_ids), device=prefix.device)
-        mask[:, eos] |= dead[:, None]
+    for eos in eos_token_ids:  # usually one; int indexing needs no host-to-device copy
+        mask[:, eos] |= dead
     return mask
 
 
 def _eos_list(eos_token_id: int | Sequence[int] | None) -> list[int]:
     if eos_token_id is None:
         return []
-    return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
+    return [int(e) for e in torch.as_tensor(eos_token_id).flatten().tolist()]  # int, list or tensor
 
 
 class TrieLogitsProcessor(LogitsProcessor):
@@ -174,7 +175,9 @@ class TrieLogitsProcessor(LogitsProcessor):
                 "with the padded prompt length of this batch."
             )
         if self.trie.vocab_size > scores.shape[-1]:
-            raise ValueError(f"The trie uses token ids up to {self.trie.vocab_size - 1} but scores have {scores.shape[-1]}.")
+            raise ValueError(
+                f"The trie uses token ids up to {self.trie.vocab_size - 1} but scores have {scores.shape[-1]}."
+            )
         if self.trie.device != scores.device:
             self.trie = self.trie.to(scores.device)  # once: the tables then live on the model's device
         prefix = input_ids[:, self.prompt_len :]

@@ -1,0 +1,49 @@
+"""Shared fixtures for the generative-recommendation tests: a synthetic catalogue, Beauty if present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atspeed.rec.data import RecDataset, load_dataset
+from atspeed.rec.synthetic import write_synthetic
+from atspeed.rec.tokenizer import ItemVocab, build_tokenizer, item_vocab
+from atspeed.rec.trie import ItemTrie, build_trie
+
+REPO = Path(__file__).resolve().parents[2]
+BEAUTY = REPO / "../shared/data/beauty"
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic(synthetic_dir) -> RecDataset:
+    return load_dataset(synthetic_dir)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(synthetic):
+    return build_tokenizer(synthetic.index)
+
+
+@pytest.fixture(scope="session")
+def vocab(tokenizer, synthetic) -> ItemVocab:
+    return item_vocab(tokenizer, synthetic.index)
+
+
+@pytest.fixture(scope="session")
+def trie(vocab, tokenizer) -> ItemTrie:
+    return build_trie(vocab.tokens, len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def beauty_dir() -> Path:
+    if not (BEAUTY / "beauty.index.json").exists():
+        pytest.skip(f"Beauty dataset not found at {BEAUTY}")
+    return BEAUTY
