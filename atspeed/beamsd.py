@@ -93,6 +93,7 @@ def run_speculative(
     prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], list[int]] | None = None,
     schedule: DraftSchedule | None = None,
     hook: Hook = _null_hook,
+    sampling_verification: str = "accept_any",
     **generate_kwargs: Any,
 ) -> dict[str, Any]:
     """Shared by beam_search_by_SD and its timing variant (which passes a timing `hook`)."""
@@ -110,6 +111,7 @@ def run_speculative(
         logits_processor=logits_processor,
         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
         hook=hook,
+        sampling_verification=sampling_verification,
         **_as_inputs(inputs),
         max_new_tokens=max_new_tokens,
         num_beams=beam_size,
@@ -145,9 +147,12 @@ def beam_search_by_SD(
     logits_processor: LogitsProcessorList | None = None,
     prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], list[int]] | None = None,
     schedule: DraftSchedule | None = None,
+    sampling_verification: str = "accept_any",
     **generate_kwargs: Any,
 ) -> dict[str, Any]:
-    """Speculative beam search with strict top-K verification: exactly the target's beam search output.
+    """Speculative beam search. With do_sample=False (default): strict top-K verification, exactly the
+    target's beam search output. With do_sample=True: beam sampling with relaxed verification,
+    `sampling_verification` = "accept_any" (the paper's rule) or "recursive" (exact, K = 1).
 
     Settings default to target_model.generation_config (max_new_tokens, num_beams) and
     draft_model.generation_config (max_new_tokens = gamma, num_beams = N). Returns beam_sequences,
@@ -156,7 +161,8 @@ def beam_search_by_SD(
     """
     return run_speculative(
         target_model, draft_model, inputs, max_new_tokens, gamma, beam_size, draft_beam_size,
-        logits_processor, prefix_allowed_tokens_fn, schedule, **generate_kwargs,
+        logits_processor, prefix_allowed_tokens_fn, schedule,
+        sampling_verification=sampling_verification, **generate_kwargs,
     )
 
 

@@ -105,15 +105,22 @@ def beam_step(
     cfg: BeamConfig,
     stopping: StoppingFn,
     all_scores: object = None,
+    chosen: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[BeamState, torch.Tensor]:
     """One beam search step. log_probs: [B, K, V] processed next-token log-probs of the running beams.
 
+    `chosen` = (joint scores, flat indices into K*V) [B, C >= K], best first, replaces HF's own
+    candidate choice (top 2K, or 2K sampled); speculative sampling passes the candidates it accepted.
     Returns the new state and `parents` [B, K]: which old running beam each new running beam extends.
     """
     B, K, V = log_probs.shape
     n, cur = cfg.prompt_len, state.cur_len
-    acc = (log_probs + state.running_scores[:, :, None]).reshape(B, K * V)  # [B, K*V]
-    cand_scores, cand_idx = top_continuations(acc, cfg.beams_to_keep, cfg.do_sample)  # [B, 2K]
+    if chosen is None:
+        acc = (log_probs + state.running_scores[:, :, None]).reshape(B, K * V)  # [B, K*V]
+        cand_scores, cand_idx = top_continuations(acc, cfg.beams_to_keep, cfg.do_sample)  # [B, 2K]
+    else:
+        cand_scores, cand_idx = chosen
+    C = cand_idx.shape[1]
     cand_beam = cand_idx // V  # [B, 2K] which running beam
     cand_token = cand_idx % V
 
@@ -123,8 +130,7 @@ def beam_step(
     offset = torch.arange(B, device=log_probs.device)[:, None] * K
     cand_bidx[:, :, cur - n] = (cand_beam + offset).to(cand_bidx.dtype)
 
-    hits = stopping(cand_seqs[:, :, : cur + 1].reshape(B * cfg.beams_to_keep, cur + 1), all_scores)
-    hits = hits.reshape(B, cfg.beams_to_keep)
+    hits = stopping(cand_seqs[:, :, : cur + 1].reshape(B * C, cur + 1), all_scores).reshape(B, C)
 
     # Running beams for the next step: the best K candidates that did not stop.
     live_scores = cand_scores + hits.to(torch.float32) * NEG

@@ -29,6 +29,7 @@ from atspeed.decoding.tree import (
     node_visibility,
     select_slots,
 )
+from atspeed.decoding.relaxed import VARIANTS, DraftLevel, accept_any, recursive, sample_level, sample_target
 from atspeed.decoding.tree_search import BeamSearchResult, LogitsProcessorFn, TreeForward
 
 Hook = Callable[[str], object]  # returns a context manager timing the named phase
@@ -75,6 +76,10 @@ class DraftTree:
     tokens: list[torch.Tensor]  # per level: [B, N]
     parents: list[torch.Tensor]  # per level: [B, N] index into the previous level (level 1: beam 0..K-1)
     rows: list[torch.Tensor]  # draft cache rows of levels fed to the draft (levels 0..gamma-1)
+    q: list[torch.Tensor] = field(default_factory=list)  # sampling only: per level, proposal [B, M, V]
+
+    def level(self, j: int) -> DraftLevel:
+        return DraftLevel(self.tokens[j - 1], self.parents[j - 1], self.q[j - 1])
 
 
 @dataclass
@@ -174,9 +179,11 @@ def draft_tree(
     draft_processor: LogitsProcessorFn,
     prompt_lengths: torch.Tensor,
     depth0: int,
+    sampling: str | None = None,
 ) -> tuple[DraftTree, torch.Tensor]:
-    """gamma levels of N-beam search by the draft from the K running beams. Returns the tree and the
-    draft rows of the beams' chain ends (level 0)."""
+    """gamma levels of N-beam search by the draft from the K running beams (top-N, or N sampled for
+    relaxed verification: without replacement, or with it for `recursive`). Returns the tree and
+    the draft rows of the beams' chain ends (level 0)."""
     B, K, P = view.pending.shape
     N = num_draft_beams
     if P:
@@ -193,7 +200,11 @@ def draft_tree(
     tree = DraftTree([], [], [level0_rows])
     view_rows = level0_rows
     for level in range(1, gamma + 1):
-        top, idx = torch.topk(scores, k=N)  # [B, N]
+        if sampling is None:
+            top, idx = torch.topk(scores, k=N)  # [B, N]
+        else:
+            top, idx, q = sample_level(scores, N, replacement=sampling == "recursive")
+            tree.q.append(q.view(B, -1, V))
         parent, token = idx // V, idx % V
         tree.tokens.append(token)
         tree.parents.append(parent)
@@ -231,8 +242,15 @@ def speculative_beam_search(
     fill_value: int,
     hook: Hook = _null_hook,
     compact_every: int = 4,
+    relaxed: str | None = None,
 ) -> BeamSearchResult:
-    """Strict (lossless) speculative beam search. input_ids / attention_mask: [B, n], left-padded."""
+    """Speculative beam search. input_ids / attention_mask: [B, n], left-padded.
+
+    relaxed=None: strict top-K verification (lossless). relaxed="accept_any" | "recursive": beam
+    sampling with relaxed verification (see atspeed.decoding.relaxed)."""
+    if relaxed is not None and relaxed not in VARIANTS:
+        raise ValueError(f"relaxed verification must be one of {VARIANTS}, got {relaxed!r}.")
+    choose = {"accept_any": accept_any, "recursive": recursive}.get(relaxed)
     B, n = input_ids.shape
     K, N = cfg.num_beams, num_draft_beams
     prompt_lengths = attention_mask.sum(-1)
@@ -257,9 +275,8 @@ def speculative_beam_search(
                 depth0 = generated - d_view.pending.shape[-1]
                 tree, level0_rows = draft_tree(
                     draft, d_view, root_logits, state, gamma, N, target_processor, draft_processor,
-                    prompt_lengths, depth0,
+                    prompt_lengths, depth0, sampling=relaxed,
                 )
-                tree.rows[0] = level0_rows
         with hook("target"):
             levels = tree.tokens if tree else []
             parents = tree.parents if tree else []
@@ -285,7 +302,14 @@ def speculative_beam_search(
                 V = cur_logits.shape[-1]
                 flat_running = state.running_sequences[:, :, : state.cur_len].reshape(B * K, -1)
                 log_probs = target_processor(flat_running, torch.log_softmax(cur_logits.reshape(B * K, V), -1))
-                state, beam_parents = beam_step(state, log_probs.view(B, K, V), cfg, stopping)
+                log_probs = log_probs.view(B, K, V)
+                chosen, all_drafted = None, True
+                if choose is not None:  # relaxed: candidates by speculative sampling, not top-2K
+                    if j > gamma:
+                        chosen, all_drafted = sample_target(log_probs, state.running_scores)
+                    else:
+                        chosen, all_drafted = choose(log_probs, state.running_scores, tree.level(j), cur_idx)
+                state, beam_parents = beam_step(state, log_probs, cfg, stopping, chosen=chosen)
                 parent_idx = cur_idx.gather(1, beam_parents)  # index within level j - 1
                 if is_done(state, cfg):
                     done = True
@@ -296,7 +320,7 @@ def speculative_beam_search(
                 match = (tree.parents[j - 1][:, None, :] == parent_idx[:, :, None]) & (
                     tree.tokens[j - 1][:, None, :] == tokens[:, :, None]
                 )  # [B, K, N]
-                if not bool(match.any(-1).all()):
+                if not all_drafted or not bool(match.any(-1).all()):
                     break
                 accepted = j
                 cur_idx = match.to(torch.int8).argmax(-1)  # [B, K] index within level j

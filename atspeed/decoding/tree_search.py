@@ -67,6 +67,9 @@ def tree_beam_search(
     all_scores = () if output_scores else None
     raw_logits = () if output_logits else None
     peak_bytes = lm.cache_bytes
+    # one beam: tree attention is plain causal attention, so let the model build its own mask
+    chain_mask = K == 1
+    unpadded = chain_mask and bool(attention_mask.all())
     while True:
         flat_logits = logits.reshape(B * K, V)
         flat_running = state.running_sequences[:, :, : state.cur_len].reshape(B * K, -1)
@@ -82,6 +85,8 @@ def tree_beam_search(
         pending = state.running_sequences[:, :, state.cur_len - 1 : state.cur_len]  # [B, K, 1]
         frontier = Frontier(gather_beams(rows, parents), pending, depth)
         tokens, mask, positions, rows = feed_frontier(frontier, prompt_lengths, lm.dtype)
+        if chain_mask:
+            mask = None if unpadded else rows[:, 0].long()  # [B, S+1]
         logits = lm.forward(tokens, positions, mask)  # [B, K, V]
         peak_bytes = max(peak_bytes, lm.cache_bytes)
         if compact_every and (depth + 1) % compact_every == 0:

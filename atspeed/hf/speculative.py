@@ -51,14 +51,12 @@ def speculative_generate(
     user_processors: LogitsProcessorList | None = None,
     prefix_allowed_tokens_fn: Callable | None = None,
     hook: Hook = _null_hook,
+    sampling_verification: str = "accept_any",
     **model_kwargs: Any,
 ) -> TreeBeamOutput:
-    """A `custom_generate` decoding method for the target: strict speculative beam search."""
+    """A `custom_generate` decoding method for the target: speculative beam search, strict (lossless)
+    when do_sample=False, relaxed verification of beam sampling when do_sample=True."""
     gc = generation_config
-    if gc.do_sample:
-        raise NotImplementedError(
-            "relaxed (sampling) verification is not implemented yet; use do_sample=False (strict, lossless)."
-        )
     check_tree_support(model)
     K, R = gc.num_beams, gc.num_return_sequences or 1
     expand = max(K, R)
@@ -92,6 +90,7 @@ def speculative_generate(
         length_penalty=gc.length_penalty,
         early_stopping=gc.early_stopping,
         num_eos=eos.shape[0] if eos is not None else 0,
+        do_sample=gc.do_sample,
     )
     fill = gc._pad_token_tensor or eos[0] if eos is not None else -1
     target, draft = TreeLM(model), TreeLM(draft_model)
@@ -109,6 +108,7 @@ def speculative_generate(
         num_return_sequences=R,
         fill_value=int(fill),
         hook=hook,
+        relaxed=sampling_verification if gc.do_sample else None,
     )
     result.stats.update(
         target_calls=target.forward_calls,
@@ -133,6 +133,7 @@ def generate_speculative(
     logits_processor: LogitsProcessorList | None = None,
     prefix_allowed_tokens_fn: Callable | None = None,
     hook: Hook = _null_hook,
+    sampling_verification: str = "accept_any",
     **kwargs: Any,
 ) -> TreeBeamOutput:
     """The target's generate() (class method, patched or not) running speculative beam search."""
@@ -146,6 +147,7 @@ def generate_speculative(
         user_processors=logits_processor,
         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
         hook=hook,
+        sampling_verification=sampling_verification,
     )
     return type(target).generate(
         target,
