@@ -81,7 +81,7 @@ def _sd_settings(target, draft, max_new_tokens, gamma, beam_size, draft_beam_siz
     return max_new_tokens, gamma, beam_size, draft_beam_size
 
 
-def run_speculative(
+def beam_search_by_SD(
     target_model: torch.nn.Module,
     draft_model: torch.nn.Module,
     inputs: Mapping[str, torch.Tensor] | torch.Tensor,
@@ -96,7 +96,17 @@ def run_speculative(
     sampling_verification: str = "accept_any",
     **generate_kwargs: Any,
 ) -> dict[str, Any]:
-    """Shared by beam_search_by_SD and its timing variant (which passes a timing `hook`)."""
+    """Speculative beam search. With do_sample=False (default): strict top-K verification, exactly the
+    target's beam search output. With do_sample=True: beam sampling with relaxed verification,
+    `sampling_verification` = "accept_any" (the paper's rule) or "recursive" (exact, K = 1).
+
+    Settings default to target_model.generation_config (max_new_tokens, num_beams) and
+    draft_model.generation_config (max_new_tokens = gamma, num_beams = N). Returns beam_sequences,
+    beam_scores, n_run (rounds), total_accept_steps, ave_accept_steps, ave_accept_rate, and counters
+    (target_calls, target_tokens, draft_calls). `schedule=DraftSchedule(gamma, adaptive=True)` adapts
+    gamma (keep the object across calls to keep what it learnt); `hook` (phase name -> context
+    manager) brackets the draft / target / verify phases: the timing variant uses it.
+    """
     max_new_tokens, gamma, beam_size, draft_beam_size = _sd_settings(
         target_model, draft_model, max_new_tokens, gamma, beam_size, draft_beam_size
     )
@@ -135,35 +145,6 @@ def run_speculative(
         "per_round_accepted": stats["per_round_accepted"],
     }
 
-
-def beam_search_by_SD(
-    target_model: torch.nn.Module,
-    draft_model: torch.nn.Module,
-    inputs: Mapping[str, torch.Tensor] | torch.Tensor,
-    max_new_tokens: int | None = None,
-    gamma: int | None = None,
-    beam_size: int | None = None,
-    draft_beam_size: int | None = None,
-    logits_processor: LogitsProcessorList | None = None,
-    prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], list[int]] | None = None,
-    schedule: DraftSchedule | None = None,
-    sampling_verification: str = "accept_any",
-    **generate_kwargs: Any,
-) -> dict[str, Any]:
-    """Speculative beam search. With do_sample=False (default): strict top-K verification, exactly the
-    target's beam search output. With do_sample=True: beam sampling with relaxed verification,
-    `sampling_verification` = "accept_any" (the paper's rule) or "recursive" (exact, K = 1).
-
-    Settings default to target_model.generation_config (max_new_tokens, num_beams) and
-    draft_model.generation_config (max_new_tokens = gamma, num_beams = N). Returns beam_sequences,
-    beam_scores, n_run (rounds), total_accept_steps, ave_accept_steps, ave_accept_rate, and counters
-    (target_calls, target_tokens, draft_calls). `schedule=DraftSchedule(gamma, adaptive=True)` adapts gamma.
-    """
-    return run_speculative(
-        target_model, draft_model, inputs, max_new_tokens, gamma, beam_size, draft_beam_size,
-        logits_processor, prefix_allowed_tokens_fn, schedule,
-        sampling_verification=sampling_verification, **generate_kwargs,
-    )
 
 
 __all__ = ["beam_search_by_TreeAttn", "beam_search_by_SD", "replace_beam_search_with_TreeAttn"]

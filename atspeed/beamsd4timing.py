@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from atspeed.beamsd import run_speculative
+from atspeed.beamsd import beam_search_by_SD
 
 
 def _sync() -> None:
@@ -47,7 +47,7 @@ def beam_search_by_SD_4timing(target_model, draft_model, inputs, **kwargs: Any) 
     """beam_search_by_SD plus time_cost, draft_time_cost, target_time_cost, verify_time_cost (seconds)."""
     timers = {"draft": Timer(), "target": Timer(), "verify": Timer()}
     with Timer() as total:
-        out = run_speculative(target_model, draft_model, inputs, hook=timers.__getitem__, **kwargs)
+        out = beam_search_by_SD(target_model, draft_model, inputs, hook=timers.__getitem__, **kwargs)
     out.update(
         time_cost=total.time_cost,
         draft_time_cost=timers["draft"].time_cost,

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from atspeed.beamsd import run_speculative
+from atspeed.beamsd import beam_search_by_SD
 from atspeed.decoding.speculative import DraftSchedule
 from atspeed.hf.generate import generate_with_tree_attention
 from atspeed.models import SIZES, draft_target_pair
@@ -81,11 +81,11 @@ def main() -> None:
                 return generate_with_tree_attention(target, always_beam=True, **inputs, **common)
 
             def strict():
-                return run_speculative(target, draft, inputs, args.new, args.gamma, K, max(K, args.draft_beams),
+                return beam_search_by_SD(target, draft, inputs, args.new, args.gamma, K, max(K, args.draft_beams),
                                        eos_token_id=None, pad_token_id=0)
 
             def adaptive():
-                return run_speculative(target, draft, inputs, args.new, args.gamma, K, max(K, args.draft_beams),
+                return beam_search_by_SD(target, draft, inputs, args.new, args.gamma, K, max(K, args.draft_beams),
                                        schedule=schedule, eos_token_id=None, pad_token_id=0)
 
             with torch.inference_mode():

@@ -75,8 +75,41 @@ def check_generation_request(
         )
 
 
-def _one_row_per_request(t: torch.Tensor | None, expand: int) -> torch.Tensor | None:
-    return None if t is None else t[::expand]
+@dataclass
+class Request:
+    """One generate() call as the decoding core sees it: one row per request (generate() repeats
+    each prompt max(K, R) times; tree attention needs it once)."""
+
+    prompt: torch.Tensor  # [B, n] left-padded
+    attention_mask: torch.Tensor  # [B, n]
+    cfg: BeamConfig
+    num_return_sequences: int
+    fill_value: int  # what HF pads finished sequences with
+
+
+def prepare_request(
+    model: torch.nn.Module, input_ids: torch.Tensor, model_kwargs: dict, gc: GenerationConfig
+) -> Request:
+    """Validate a generate() call and turn HF's prepared arguments into a Request."""
+    K, R = gc.num_beams, gc.num_return_sequences or 1
+    expand = max(K, R)
+    prompt = input_ids[::expand]
+    mask = model_kwargs.get("attention_mask")
+    mask = torch.ones_like(prompt) if mask is None else mask[::expand]
+    n = prompt.shape[1]
+    check_generation_request(model, prompt, K, R, gc.max_length - n, mask.sum(-1))
+    eos = gc._eos_token_tensor
+    cfg = BeamConfig(
+        num_beams=K,
+        prompt_len=n,
+        max_length=gc.max_length,
+        length_penalty=gc.length_penalty,
+        early_stopping=gc.early_stopping,
+        do_sample=gc.do_sample,
+        num_eos=eos.shape[0] if eos is not None else 0,
+    )
+    fill = gc._pad_token_tensor or eos[0] if eos is not None else -1  # HF's own (precedence included)
+    return Request(prompt, mask, cfg, R, int(fill))
 
 
 def tree_attention_generate(
@@ -117,38 +150,17 @@ def tree_attention_generate(
     if extra:
         raise NotImplementedError(f"tree-attention beam search does not forward extra model inputs {extra}.")
 
-    K, R = gc.num_beams, gc.num_return_sequences or 1
-    expand = max(K, R)
-    prompt = input_ids[::expand]
-    attention_mask = _one_row_per_request(model_kwargs.get("attention_mask"), expand)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(prompt)
-    prompt_lengths = attention_mask.sum(-1)
-    n = prompt.shape[1]
-    check_generation_request(model, prompt, K, R, gc.max_length - n, prompt_lengths)
-
-    eos = gc._eos_token_tensor
-    pad = gc._pad_token_tensor
-    cfg = BeamConfig(
-        num_beams=K,
-        prompt_len=n,
-        max_length=gc.max_length,
-        length_penalty=gc.length_penalty,
-        early_stopping=gc.early_stopping,
-        do_sample=gc.do_sample,
-        num_eos=eos.shape[0] if eos is not None else 0,
-    )
-    fill = pad or eos[0] if eos is not None else -1  # HF's own (precedence included)
+    req = prepare_request(model, input_ids, model_kwargs, gc)
     lm = TreeLM(model)
     result = tree_beam_search(
         lm,
-        prompt,
-        attention_mask,
-        cfg,
+        req.prompt,
+        req.attention_mask,
+        req.cfg,
         logits_processor,
         stopping_criteria,
-        num_return_sequences=R,
-        fill_value=int(fill),
+        num_return_sequences=req.num_return_sequences,
+        fill_value=req.fill_value,
         output_scores=bool(gc.return_dict_in_generate and gc.output_scores),
         output_logits=bool(gc.return_dict_in_generate and gc.output_logits),
     )

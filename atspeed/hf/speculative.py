@@ -10,9 +10,8 @@ from typing import Any, Callable
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
-from atspeed.decoding.beam import BeamConfig
 from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook, speculative_beam_search
-from atspeed.hf.generate import TreeBeamOutput, check_generation_request
+from atspeed.hf.generate import TreeBeamOutput, prepare_request
 from atspeed.hf.model import TreeLM, UnsupportedModelError, check_tree_support, max_positions, model_device
 
 
@@ -58,17 +57,11 @@ def speculative_generate(
     when do_sample=False, relaxed verification of beam sampling when do_sample=True."""
     gc = generation_config
     check_tree_support(model)
-    K, R = gc.num_beams, gc.num_return_sequences or 1
-    expand = max(K, R)
-    prompt = input_ids[::expand]
-    attention_mask = model_kwargs.get("attention_mask")
-    attention_mask = torch.ones_like(prompt) if attention_mask is None else attention_mask[::expand]
-    n = prompt.shape[1]
-    new_tokens = gc.max_length - n
-    check_generation_request(model, prompt, K, R, new_tokens, attention_mask.sum(-1))
+    req = prepare_request(model, input_ids, model_kwargs, gc)
+    K, n = req.cfg.num_beams, req.cfg.prompt_len
     check_draft(model, draft_model, K, draft_beams, schedule.gamma if not schedule.adaptive else max(1, schedule.gamma))
     limit = max_positions(draft_model)
-    if limit is not None and int(attention_mask.sum(-1).max()) + new_tokens > limit:
+    if limit is not None and int(req.attention_mask.sum(-1).max()) + req.cfg.max_length - n > limit:
         raise ValueError(f"prompt + max_new_tokens exceeds the draft's maximum positions ({limit}).")
 
     draft_gc = copy.deepcopy(gc)
@@ -76,37 +69,26 @@ def speculative_generate(
     draft_processor = model._get_logits_processor(
         generation_config=draft_gc,
         input_ids_seq_length=n,
-        encoder_input_ids=prompt,
+        encoder_input_ids=req.prompt,
         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
         logits_processor=copy.copy(user_processors) if user_processors is not None else LogitsProcessorList(),
-        device=prompt.device,
+        device=req.prompt.device,
         model_kwargs={},
     )
-    eos = gc._eos_token_tensor
-    cfg = BeamConfig(
-        num_beams=K,
-        prompt_len=n,
-        max_length=gc.max_length,
-        length_penalty=gc.length_penalty,
-        early_stopping=gc.early_stopping,
-        num_eos=eos.shape[0] if eos is not None else 0,
-        do_sample=gc.do_sample,
-    )
-    fill = gc._pad_token_tensor or eos[0] if eos is not None else -1
     target, draft = TreeLM(model), TreeLM(draft_model)
     result = speculative_beam_search(
         target,
         draft,
-        prompt,
-        attention_mask,
-        cfg,
+        req.prompt,
+        req.attention_mask,
+        req.cfg,
         schedule,
         draft_beams,
         logits_processor,
         draft_processor,
         stopping_criteria,
-        num_return_sequences=R,
-        fill_value=int(fill),
+        num_return_sequences=req.num_return_sequences,
+        fill_value=req.fill_value,
         hook=hook,
         relaxed=sampling_verification if gc.do_sample else None,
     )
