@@ -28,9 +28,12 @@ def _as_inputs(inputs: Mapping[str, torch.Tensor] | torch.Tensor) -> dict[str, t
 
 
 def _setting(name: str, value: Any, config_value: Any, arg_name: str) -> Any:
+    """An explicit argument, else the generation_config value; positive integers only."""
     value = config_value if value is None else value
     if value is None:
         raise ValueError(f"{arg_name} is not set: pass {arg_name}=... or set model.generation_config.{name}.")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{arg_name} must be an integer >= 1, got {value!r}.")
     return value
 
 
@@ -50,7 +53,7 @@ def beam_search_by_TreeAttn(
     """
     gc = model.generation_config
     max_new_tokens = _setting("max_new_tokens", max_new_tokens, gc.max_new_tokens, "max_new_tokens")
-    beam_size = gc.num_beams if beam_size is None else beam_size
+    beam_size = _setting("num_beams", beam_size, gc.num_beams, "num_beams (beam_size)")
     generate_kwargs.setdefault("num_return_sequences", beam_size)
     out = generate_with_tree_attention(
         model,

@@ -21,12 +21,12 @@ from atspeed.hf.model import TreeLM, check_tree_support, max_positions, model_de
 
 # generate() options that tree-attention beam search does not implement: refuse, never ignore.
 UNSUPPORTED_GENERATE_KWARGS = {
-    "assistant_model": "assisted generation (use atspeed.beamsd.beam_search_by_SD for speculative beam search)",
-    "streamer": "streaming (HF beam search does not stream either)",
     "synced_gpus": "synced_gpus (multi-GPU sharded generation)",
     "negative_prompt_ids": "classifier-free guidance with a negative prompt",
     "negative_prompt_attention_mask": "classifier-free guidance with a negative prompt",
 }
+# generate() modes that are not beam search: HF runs them itself (and refuses them with beams).
+HF_ONLY_KWARGS = ("assistant_model", "streamer")
 
 
 def check_generation_request(
@@ -50,7 +50,9 @@ def check_generation_request(
         )
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}.")
-    if input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+    if input_ids.shape[1] == 0 or input_ids.shape[0] == 0 or (
+        prompt_lengths is not None and bool((prompt_lengths == 0).any())
+    ):
         raise ValueError("The prompt is empty: give at least one input token per request.")
     if max_new_tokens is None or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}.")
@@ -202,10 +204,27 @@ def to_generate_output(result: BeamSearchResult, gc: GenerationConfig) -> TreeBe
     )
 
 
+def _requested_num_beams(model: torch.nn.Module, kwargs: dict) -> int:
+    """num_beams as generate() will resolve it: argument, then generation_config, then the model's."""
+    for source in (kwargs, kwargs.get("generation_config"), model.generation_config):
+        value = source.get("num_beams") if isinstance(source, dict) else getattr(source, "num_beams", None)
+        if value is not None:
+            return value
+    return 1
+
+
 def generate_with_tree_attention(model: torch.nn.Module, always_beam: bool = False, **kwargs: Any):
     """HF generate() (the class's own, patched or not) with tree-attention beam search."""
+    hf_only = [key for key in HF_ONLY_KWARGS if kwargs.get(key) is not None]
+    if hf_only:  # HF's own greedy/sampling modes: HF runs them; with beams they are refused
+        if _requested_num_beams(model, kwargs) > 1:
+            raise NotImplementedError(
+                f"{hf_only[0]} is not supported with beam search under atspeed's patch (HF beam search does "
+                "not support it either); for speculative beam search use atspeed.beamsd.beam_search_by_SD."
+            )
+        return type(model).generate(model, **kwargs)
     for key in UNSUPPORTED_GENERATE_KWARGS:
-        if kwargs.get(key) not in (None, False):
+        if kwargs.get(key) is not None and kwargs.get(key) is not False:
             raise NotImplementedError(
                 f"{key}: {UNSUPPORTED_GENERATE_KWARGS[key]} is not supported with atspeed tree-attention beam search."
             )
