@@ -16,6 +16,7 @@ Batches advance in lockstep: a round stops at the first level where any request 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -90,16 +91,8 @@ class SpecCounters:
     per_round_accepted: list[int] = field(default_factory=list)
 
 
-def _null_hook(name: str):
-    return _Null()
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def _null_hook(name: str) -> nullcontext:
+    return nullcontext()
 
 
 def _prompt_inputs(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,18 +128,17 @@ def _feed(
         parts_tok.append(view.pending.reshape(B, K * P))
         parts_par.append(chain_parents(K, P, dev).expand(B, K * P))
         parts_depth.append((depth0 + torch.arange(P, device=dev)).repeat(K).expand(B, K * P))
-    base = K  # index of the first node of the previous level (chain ends, or the beams themselves)
-    prev_start = None
+    # index space: the K beams' read prefixes (roots), then the new nodes in feeding order
+    offset, prev = K + K * P, None  # next new node; first node of the previous level
     for level, (tok, par) in enumerate(zip(extra_tokens, extra_parents), start=1):
-        if level == 1:
+        if level == 1:  # children of the beams: of their chain ends, or of the roots themselves
             idx = K + par * P + (P - 1) if P else par
         else:
-            idx = prev_start + par
-        start = base + sum(t.shape[1] for t in parts_tok)
+            idx = prev + par
         parts_tok.append(tok)
         parts_par.append(idx)
         parts_depth.append(torch.full_like(tok, depth0 + P + level - 1))
-        prev_start = start
+        prev, offset = offset, offset + tok.shape[1]
     tokens = torch.cat(parts_tok, dim=1)
     parents = torch.cat(parts_par, dim=1)
     depth = torch.cat(parts_depth, dim=1)
@@ -296,35 +288,9 @@ def speculative_beam_search(
                 level0_logits, node_logits = logits[:, :K], logits[:, K:]
                 level0_rows, node_rows = rows[:, :K], rows[:, K:]
         with hook("verify"):
-            cur_logits, cur_idx, accepted = level0_logits, torch.arange(K, device=input_ids.device).expand(B, K), 0
-            done = False
-            for j in range(1, gamma + 2):
-                V = cur_logits.shape[-1]
-                flat_running = state.running_sequences[:, :, : state.cur_len].reshape(B * K, -1)
-                log_probs = target_processor(flat_running, torch.log_softmax(cur_logits.reshape(B * K, V), -1))
-                log_probs = log_probs.view(B, K, V)
-                chosen, all_drafted = None, True
-                if choose is not None:  # relaxed: candidates by speculative sampling, not top-2K
-                    if j > gamma:
-                        chosen, all_drafted = sample_target(log_probs, state.running_scores)
-                    else:
-                        chosen, all_drafted = choose(log_probs, state.running_scores, tree.level(j), cur_idx)
-                state, beam_parents = beam_step(state, log_probs, cfg, stopping, chosen=chosen)
-                parent_idx = cur_idx.gather(1, beam_parents)  # index within level j - 1
-                if is_done(state, cfg):
-                    done = True
-                    break
-                if j > gamma:
-                    break
-                tokens = state.running_sequences[:, :, state.cur_len - 1]
-                match = (tree.parents[j - 1][:, None, :] == parent_idx[:, :, None]) & (
-                    tree.tokens[j - 1][:, None, :] == tokens[:, :, None]
-                )  # [B, K, N]
-                if not all_drafted or not bool(match.any(-1).all()):
-                    break
-                accepted = j
-                cur_idx = match.to(torch.int8).argmax(-1)  # [B, K] index within level j
-                cur_logits = gather_beams(node_logits[:, (j - 1) * N : j * N], cur_idx)
+            state, accepted, parent_idx, done = verify(
+                state, cfg, gamma, tree, level0_logits, node_logits, target_processor, stopping, choose
+            )
         counters.rounds += 1
         counters.drafted_levels += gamma
         counters.accepted_levels += accepted
@@ -337,23 +303,7 @@ def speculative_beam_search(
         t_level_rows = level0_rows if accepted == 0 else node_rows[:, (accepted - 1) * N : accepted * N]
         t_rows = gather_beams(_pad_rows(t_level_rows, level0_rows.shape[-1]), parent_idx)
         t_view = _ModelView(t_rows, bonus)
-        # the draft has read the tree's levels 0..gamma-1, not level gamma
-        if tree is None:
-            if d_view is not None:
-                d_view = _ModelView(
-                    gather_beams(d_view.rows, parent_idx),
-                    torch.cat((gather_beams(d_view.pending, parent_idx), bonus), dim=-1),
-                )
-        else:
-            width = tree.rows[-1].shape[-1]
-            if accepted < gamma:
-                d_rows, d_pending = gather_beams(_pad_rows(tree.rows[accepted], width), parent_idx), bonus
-            else:
-                last_parent = tree.parents[-1].gather(1, parent_idx)
-                last_token = tree.tokens[-1].gather(1, parent_idx)[:, :, None]
-                d_rows = gather_beams(_pad_rows(tree.rows[-1], width), last_parent)
-                d_pending = torch.cat((last_token, bonus), dim=-1)
-            d_view = _ModelView(d_rows, d_pending)
+        d_view = _draft_view_after(d_view, tree, accepted, parent_idx, bonus)
         if compact_every and counters.rounds % compact_every == 0:
             for lm, view in ((target, t_view), (draft, d_view)):
                 keep = compaction_plan([view.rows]) if view is not None else None
@@ -373,3 +323,74 @@ def speculative_beam_search(
             "per_round_accepted": counters.per_round_accepted,
         },
     )
+
+
+def verify(
+    state,
+    cfg: BeamConfig,
+    gamma: int,
+    tree: DraftTree | None,
+    level0_logits: torch.Tensor,
+    node_logits: torch.Tensor | None,
+    target_processor: LogitsProcessorFn,
+    stopping: StoppingFn,
+    choose: Callable | None,
+):
+    """Take the target's beam steps level by level while the new beams are drafted nodes.
+
+    Every step is the target's own beam step on its own logits (strict: HF's top-2K; relaxed: the
+    candidates `choose` accepted), so the draft only decides how far one round gets. Returns
+    (state, accepted levels, parent_idx [B, K] = each new beam's parent within level `accepted`,
+    done). level0_logits: [B, K, V] at the beams; node_logits: [B, gamma * N, V] at the tree.
+    """
+    B, K, V = level0_logits.shape
+    cur_logits, accepted = level0_logits, 0
+    cur_idx = torch.arange(K, device=level0_logits.device).expand(B, K)  # beams' nodes within the level
+    for j in range(1, gamma + 2):
+        flat_running = state.running_sequences[:, :, : state.cur_len].reshape(B * K, -1)
+        log_probs = target_processor(flat_running, torch.log_softmax(cur_logits.reshape(B * K, V), -1))
+        log_probs = log_probs.view(B, K, V)
+        chosen, all_drafted = None, True
+        if choose is not None:  # relaxed: candidates by speculative sampling, not HF's top-2K
+            if j > gamma:
+                chosen, all_drafted = sample_target(log_probs, state.running_scores)
+            else:
+                chosen, all_drafted = choose(log_probs, state.running_scores, tree.level(j), cur_idx)
+        state, beam_parents = beam_step(state, log_probs, cfg, stopping, chosen=chosen)
+        parent_idx = cur_idx.gather(1, beam_parents)  # within level j - 1
+        if is_done(state, cfg):
+            return state, accepted, parent_idx, True
+        if j > gamma:
+            break
+        # accept level j iff every new running beam is a drafted node of level j
+        tokens = state.running_sequences[:, :, state.cur_len - 1]
+        match = (tree.parents[j - 1][:, None, :] == parent_idx[:, :, None]) & (
+            tree.tokens[j - 1][:, None, :] == tokens[:, :, None]
+        )  # [B, K, N]
+        if not all_drafted or not bool(match.any(-1).all()):
+            break
+        accepted = j
+        cur_idx = match.to(torch.int8).argmax(-1)  # [B, K] within level j
+        N = tree.tokens[j - 1].shape[1]
+        cur_logits = gather_beams(node_logits[:, (j - 1) * N : j * N], cur_idx)
+    return state, accepted, parent_idx, False
+
+
+def _draft_view_after(
+    d_view: _ModelView | None, tree: DraftTree | None, accepted: int, parent_idx: torch.Tensor, bonus: torch.Tensor
+) -> _ModelView | None:
+    """The draft's view of the new beams. It has read the tree's levels 0..gamma-1 but not level
+    gamma, so after a fully accepted round it lags by two tokens; with no tree it lags further."""
+    if tree is None:
+        if d_view is None:  # never run yet: it will read the prompt and all generated tokens
+            return None
+        pending = torch.cat((gather_beams(d_view.pending, parent_idx), bonus), dim=-1)
+        return _ModelView(gather_beams(d_view.rows, parent_idx), pending)
+    width = tree.rows[-1].shape[-1]  # the draft cache's length now
+    gamma = len(tree.tokens)
+    if accepted < gamma:
+        return _ModelView(gather_beams(_pad_rows(tree.rows[accepted], width), parent_idx), bonus)
+    last_parent = tree.parents[-1].gather(1, parent_idx)
+    last_token = tree.tokens[-1].gather(1, parent_idx)[:, :, None]
+    rows = gather_beams(_pad_rows(tree.rows[-1], width), last_parent)
+    return _ModelView(rows, torch.cat((last_token, bonus), dim=-1))
