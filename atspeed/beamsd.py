@@ -16,6 +16,7 @@ from transformers import LogitsProcessorList
 from atspeed.beamsd_replace import replace_beam_search_with_TreeAttn
 from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook
 from atspeed.hf.generate import generate_with_tree_attention
+from atspeed.hf.model import UnsupportedModelError
 from atspeed.hf.speculative import generate_speculative
 
 
@@ -27,11 +28,11 @@ def _as_inputs(inputs: Mapping[str, torch.Tensor] | torch.Tensor) -> dict[str, t
     return {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
 
 
-def _setting(name: str, value: Any, config_value: Any, arg_name: str) -> Any:
+def _setting(name: str, value: Any, config_value: Any, arg_name: str, owner: str = "model") -> Any:
     """An explicit argument, else the generation_config value; positive integers only."""
     value = config_value if value is None else value
     if value is None:
-        raise ValueError(f"{arg_name} is not set: pass {arg_name}=... or set model.generation_config.{name}.")
+        raise ValueError(f"{arg_name} is not set: pass {arg_name}=... or set {owner}.generation_config.{name}.")
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{arg_name} must be an integer >= 1, got {value!r}.")
     return value
@@ -76,11 +77,14 @@ def beam_search_by_TreeAttn(
 
 
 def _sd_settings(target, draft, max_new_tokens, gamma, beam_size, draft_beam_size) -> tuple[int, int, int, int]:
+    for role, model in (("target_model", target), ("draft_model", draft)):
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "generation_config"):
+            raise UnsupportedModelError(f"{role} must be a Hugging Face causal LM, got {type(model).__name__}.")
     tgc, dgc = target.generation_config, draft.generation_config
-    max_new_tokens = _setting("max_new_tokens", max_new_tokens, tgc.max_new_tokens, "max_new_tokens")
-    gamma = _setting("max_new_tokens", gamma, dgc.max_new_tokens, "gamma (draft_model.generation_config.max_new_tokens)")
-    beam_size = _setting("num_beams", beam_size, tgc.num_beams, "beam_size")
-    draft_beam_size = _setting("num_beams", draft_beam_size, dgc.num_beams, "draft_beam_size")
+    max_new_tokens = _setting("max_new_tokens", max_new_tokens, tgc.max_new_tokens, "max_new_tokens", "target_model")
+    gamma = _setting("max_new_tokens", gamma, dgc.max_new_tokens, "gamma", "draft_model")
+    beam_size = _setting("num_beams", beam_size, tgc.num_beams, "beam_size", "target_model")
+    draft_beam_size = _setting("num_beams", draft_beam_size, dgc.num_beams, "draft_beam_size", "draft_model")
     return max_new_tokens, gamma, beam_size, draft_beam_size
 
 
@@ -115,6 +119,9 @@ def beam_search_by_SD(
     )
     if schedule is None:
         schedule = DraftSchedule(gamma)
+    for key, use in (("num_beams", "beam_size"), ("max_length", "max_new_tokens")):
+        if key in generate_kwargs:
+            raise ValueError(f"pass {use}=... to beam_search_by_SD instead of {key}.")
     generate_kwargs.setdefault("num_return_sequences", beam_size)
     out = generate_speculative(
         target_model,

@@ -29,6 +29,7 @@ class BeamConfig:
     early_stopping: bool | str = False
     do_sample: bool = False
     num_eos: int = 0
+    sort_sampled: bool = True  # beam sampling: rank sampled candidates by score (HF >= 5.24) or keep draw order
 
     @property
     def beams_to_keep(self) -> int:
@@ -85,12 +86,15 @@ def gather_beams(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def top_continuations(
-    acc_log_probs: torch.Tensor, k: int, do_sample: bool
+    acc_log_probs: torch.Tensor, k: int, do_sample: bool, sort_sampled: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best (or k sampled, without replacement) of the `[B, K*V]` joint scores, best first."""
+    """The k best of the `[B, K*V]` joint scores, best first; or k sampled without replacement,
+    best first if `sort_sampled`, else in the order drawn (which decides who may finish)."""
     if do_sample:
         idx = torch.multinomial(torch.softmax(acc_log_probs, dim=-1), num_samples=k)
         scores = acc_log_probs.gather(1, idx)
+        if not sort_sampled:
+            return scores, idx
         scores, order = scores.sort(dim=-1, descending=True)
         return scores, idx.gather(1, order)
     return torch.topk(acc_log_probs, k=k)
@@ -117,7 +121,7 @@ def beam_step(
     n, cur = cfg.prompt_len, state.cur_len
     if chosen is None:
         acc = (log_probs + state.running_scores[:, :, None]).reshape(B, K * V)  # [B, K*V]
-        cand_scores, cand_idx = top_continuations(acc, cfg.beams_to_keep, cfg.do_sample)  # [B, 2K]
+        cand_scores, cand_idx = top_continuations(acc, cfg.beams_to_keep, cfg.do_sample, cfg.sort_sampled)
     else:
         cand_scores, cand_idx = chosen
     C = cand_idx.shape[1]

@@ -4,6 +4,7 @@
 - 5.20 made `Cache.crop` take only a negative count (tokens to drop); we never call `crop`, we
   slice the layers ourselves, which works the same on every version.
 - `generate(custom_generate=callable)` exists in 4.57 and 5.x with the same calling convention.
+- Beam sampling ranks the sampled candidates by score from 5.24 on; before, they keep draw order.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from packaging.version import Version
 from transformers.cache_utils import DynamicCache
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
+SORTS_SAMPLED_BEAMS = TRANSFORMERS_VERSION >= Version("5.24.0.dev0")
 
 
 @lru_cache(maxsize=None)

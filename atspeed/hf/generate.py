@@ -16,6 +16,7 @@ from transformers import GenerationConfig
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
 
 from atspeed.decoding.beam import BeamConfig
+from atspeed.hf import compat
 from atspeed.decoding.tree_search import BeamSearchResult, tree_beam_search
 from atspeed.hf.model import TreeLM, check_tree_support, max_positions, model_device, sliding_window
 
@@ -109,6 +110,7 @@ def prepare_request(
         early_stopping=gc.early_stopping,
         do_sample=gc.do_sample,
         num_eos=eos.shape[0] if eos is not None else 0,
+        sort_sampled=compat.SORTS_SAMPLED_BEAMS,
     )
     fill = gc._pad_token_tensor or eos[0] if eos is not None else -1  # HF's own (precedence included)
     return Request(prompt, mask, cfg, R, int(fill))
@@ -217,7 +219,7 @@ def generate_with_tree_attention(model: torch.nn.Module, always_beam: bool = Fal
     """HF generate() (the class's own, patched or not) with tree-attention beam search."""
     hf_only = [key for key in HF_ONLY_KWARGS if kwargs.get(key) is not None]
     if hf_only:  # HF's own greedy/sampling modes: HF runs them; with beams they are refused
-        if _requested_num_beams(model, kwargs) > 1:
+        if always_beam or _requested_num_beams(model, kwargs) > 1:
             raise NotImplementedError(
                 f"{hf_only[0]} is not supported with beam search under atspeed's patch (HF beam search does "
                 "not support it either); for speculative beam search use atspeed.beamsd.beam_search_by_SD."

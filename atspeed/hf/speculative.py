@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
+from atspeed.decoding.relaxed import VARIANTS
 from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook, speculative_beam_search
 from atspeed.hf.generate import TreeBeamOutput, prepare_request
 from atspeed.hf.model import TreeLM, UnsupportedModelError, check_tree_support, max_positions, model_device
@@ -33,6 +34,10 @@ def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_beams: int,
         raise ValueError(f"draft beams N={draft_beams} must be >= target beams K={num_beams} (N-to-K verification).")
     if not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma (draft length) must be an integer >= 1, got {gamma!r}.")
+    if draft_beams > num_beams * d_vocab:
+        raise ValueError(
+            f"draft beams N={draft_beams} exceed the {num_beams} x {d_vocab} continuations a level can have."
+        )
     if model_device(draft) != model_device(target):
         raise ValueError(f"draft is on {model_device(draft)} but the target is on {model_device(target)}.")
 
@@ -57,6 +62,10 @@ def speculative_generate(
     when do_sample=False, relaxed verification of beam sampling when do_sample=True."""
     gc = generation_config
     check_tree_support(model)
+    if sampling_verification not in VARIANTS:
+        raise ValueError(f"sampling_verification must be one of {VARIANTS}, got {sampling_verification!r}.")
+    if gc.do_sample and sampling_verification == "recursive" and gc.num_beams != 1:
+        raise NotImplementedError("sampling_verification='recursive' (exact multi-draft) supports K = 1 only.")
     req = prepare_request(model, input_ids, model_kwargs, gc)
     K, n = req.cfg.num_beams, req.cfg.prompt_len
     check_draft(model, draft_model, K, draft_beams, schedule.gamma if not schedule.adaptive else max(1, schedule.gamma))
@@ -131,12 +140,11 @@ def generate_speculative(
         hook=hook,
         sampling_verification=sampling_verification,
     )
+    kwargs.update(return_dict_in_generate=True, output_scores=True)
     return type(target).generate(
         target,
         custom_generate=method,
         logits_processor=logits_processor,
         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
-        return_dict_in_generate=True,
-        output_scores=True,
         **kwargs,
     )
