@@ -94,6 +94,11 @@ def feed_frontier(
     """Inputs to read every beam's pending tokens: tokens [B, K*P], mask, positions, and the
     visible rows [B, K*P, S+K*P] of the new nodes. Beam k's last token is node k*P + P - 1."""
     B, K, P = frontier.pending.shape
+    if P == 1:  # one new token per beam: it sees its beam's slots and itself
+        eye = torch.eye(K, dtype=torch.bool, device=frontier.visible.device).expand(B, K, K)
+        visible = torch.cat((frontier.visible, eye), dim=-1)
+        positions = (prompt_lengths + frontier.depth)[:, None].expand(B, K)
+        return frontier.pending[:, :, 0], additive_mask(visible, dtype), positions, visible
     parents = chain_parents(K, P, frontier.pending.device).expand(B, K * P)
     depth = (frontier.depth + torch.arange(P, device=parents.device)).repeat(K).expand(B, K * P)
     visible, mask, positions = feed_inputs(frontier.visible, parents, depth, prompt_lengths, P, dtype)

@@ -67,9 +67,7 @@ def tree_beam_search(
     all_scores = () if output_scores else None
     raw_logits = () if output_logits else None
     peak_bytes = lm.cache_bytes
-    # one beam: tree attention is plain causal attention, so let the model build its own mask
-    chain_mask = K == 1
-    unpadded = chain_mask and bool(attention_mask.all())
+    plain_decoding = K == 1 and bool(attention_mask.all())
     while True:
         flat_logits = logits.reshape(B * K, V)
         flat_running = state.running_sequences[:, :, : state.cur_len].reshape(B * K, -1)
@@ -83,13 +81,16 @@ def tree_beam_search(
             break
         depth = state.cur_len - 1 - cfg.prompt_len
         pending = state.running_sequences[:, :, state.cur_len - 1 : state.cur_len]  # [B, K, 1]
-        frontier = Frontier(gather_beams(rows, parents), pending, depth)
-        tokens, mask, positions, rows = feed_frontier(frontier, prompt_lengths, lm.dtype)
-        if chain_mask:
-            mask = None if unpadded else rows[:, 0].long()  # [B, S+1]
-        logits = lm.forward(tokens, positions, mask)  # [B, K, V]
+        if plain_decoding:  # one beam, no padding: ordinary causal decoding, no mask to build
+            logits = lm.forward(pending[:, :, 0], (prompt_lengths + depth)[:, None], None)
+        else:
+            frontier = Frontier(gather_beams(rows, parents), pending, depth)
+            tokens, mask, positions, rows = feed_frontier(frontier, prompt_lengths, lm.dtype)
+            if K == 1:  # one beam with padding: the model's own causal + padding mask is the tree mask
+                mask = rows[:, 0].long()  # [B, S+1]
+            logits = lm.forward(tokens, positions, mask)  # [B, K, V]
         peak_bytes = max(peak_bytes, lm.cache_bytes)
-        if compact_every and (depth + 1) % compact_every == 0:
+        if compact_every and K > 1 and (depth + 1) % compact_every == 0:  # one beam leaves no dead slots
             keep = compaction_plan([rows])
             if keep is not None:
                 lm.keep_slots(keep)
