@@ -39,29 +39,40 @@ Hook = Callable[[str], object]  # returns a context manager timing the named pha
 @dataclass
 class DraftSchedule:
     """Draft length per round. Fixed (the paper's setting) or adaptive: after a fully accepted round
-    draft one level more (up to `max_gamma`), else as many as were accepted (down to 0 = plain tree
-    attention); at 0, probe with one level every `probe_every` rounds. Persist it across calls to
-    keep what was learnt about a draft."""
+    draft one level more (up to `max_gamma`), else as many levels as were accepted, down to 0 =
+    plain tree attention. At 0 it probes with one level after `probe_every` rounds, and doubles that
+    wait after each failed probe (up to `max_probe_every`), so a useless draft costs almost nothing.
+    Keep the object across calls to keep what it learnt about a draft."""
 
     gamma: int
     adaptive: bool = False
-    max_gamma: int | None = None
+    max_gamma: int | None = None  # default: the initial gamma
     probe_every: int = 4
+    max_probe_every: int = 256
     _idle_rounds: int = 0
+    _wait: int = 0
+    _probing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_gamma is None:
+            self.max_gamma = self.gamma
 
     def next_gamma(self, remaining: int) -> int:
         g = self.gamma
+        self._probing = False
         if g == 0 and self.adaptive:
             self._idle_rounds += 1
-            if self._idle_rounds >= self.probe_every:
-                self._idle_rounds, g = 0, 1
+            if self._idle_rounds >= (self._wait or self.probe_every):
+                self._idle_rounds, self._probing, g = 0, True, 1
         return max(0, min(g, remaining - 1))
 
     def update(self, drafted: int, accepted: int) -> None:
         if not self.adaptive or drafted == 0:
             return
-        cap = self.max_gamma if self.max_gamma is not None else max(self.gamma, drafted)
-        self.gamma = min(cap, accepted + 1) if accepted == drafted else accepted
+        if self._probing:  # back off after a failed probe, forget the wait after a good one
+            wait = self._wait or self.probe_every
+            self._wait = 0 if accepted else min(2 * wait, self.max_probe_every)
+        self.gamma = min(self.max_gamma, accepted + 1) if accepted == drafted else accepted
 
 
 @dataclass
