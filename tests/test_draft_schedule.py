@@ -26,8 +26,8 @@ def test_adaptive_schedule_grows_after_full_acceptance_up_to_max_gamma():
     assert rounds(DraftSchedule(1, adaptive=True, max_gamma=3), lambda g: g, 4) == [1, 2, 3, 3]
 
 
-def test_adaptive_schedule_drops_to_the_accepted_levels():
-    assert rounds(DraftSchedule(3, adaptive=True), lambda g: min(g, 1), 3) == [3, 1, 1]
+def test_adaptive_schedule_drops_to_the_accepted_levels_then_grows_again():
+    assert rounds(DraftSchedule(3, adaptive=True), lambda g: min(g, 1), 3) == [3, 1, 2]
 
 
 def test_useless_draft_is_probed_ever_more_rarely():
