@@ -84,15 +84,17 @@ def main() -> None:
     model = bench_model()
     g = torch.Generator().manual_seed(1)
     shapes = {
-        "(a) rec: 84-token prompt, 4 new": (torch.randint(3, 1024, (1, 84), generator=g), 4, False),
-        "(b) text: 32-token prompt, 64 new, EOS": (torch.randint(3, 1024, (1, 32), generator=g), 64, True),
+        "(a) rec: 84-token prompt, 4 new": (torch.randint(3, 1024, (1, 84), generator=g), 4, False, args.beams),
+        "(b) text: 32-token prompt, 64 new, EOS": (torch.randint(3, 1024, (1, 32), generator=g), 64, True, args.beams),
+        "(c) long: 32-token prompt, 256 new (cache compaction)": (
+            torch.randint(3, 1024, (1, 32), generator=g), 256, False, [8]),
     }
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model: random Llama 4x256, vocab 1024, fp32, CPU")
-    for name, (prompt, new, eos) in shapes.items():
+    for name, (prompt, new, eos, beams) in shapes.items():
         print(f"\n{name}")
         print(f"{'K':>3} {'HF ms':>9} {'tree ms':>9} {'speedup':>8} {'HF KV MB':>9} {'tree KV MB':>10} {'gen':>4} same")
-        for K in args.beams:
-            r = run_case(model, prompt, K, new, eos, repeats)
+        for K in beams:
+            r = run_case(model, prompt, K, new, eos, repeats if new < 256 else 2)
             print(
                 f"{r['K']:>3} {r['hf_ms']:>9.1f} {r['tree_ms']:>9.1f} {r['hf_ms'] / r['tree_ms']:>7.2f}x "
                 f"{r['hf_kv'] / 2**20:>9.2f} {r['tree_kv'] / 2**20:>10.2f} {r['gen']:>4} {'yes' if r['same'] else 'NO'}"
