@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 
 import click
 import torch
 
 from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
+from atspeed.benchmarking import compare
 from atspeed.models import draft_target_pair
-
-
-def _median_ms(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times), out
 
 
 @click.group()
@@ -53,10 +43,7 @@ def demo(beams: int, draft_beams: int, gamma: int, new_tokens: int, prompt_len: 
                                                               gamma=gamma, beam_size=beams,
                                                               draft_beam_size=max(beams, draft_beams)),
         }
-        results = {}
-        for name, fn in runs.items():
-            fn()  # warm-up
-            results[name] = _median_ms(fn, repeats)
+        results = compare(runs, repeats)
     hf_ms, hf_out = results["HF generate(num_beams=K)"]
     ref = hf_out.sequences[:, prompt_len:]
     click.echo(f"\n{'method':<26} {'ms':>8} {'speedup':>8}  same top-{beams} as HF")

@@ -10,23 +10,13 @@ checks that both produce the same sequences.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from atspeed.benchmarking import compare
 from atspeed.hf.compat import cache_bytes
 from atspeed.hf.generate import generate_with_tree_attention
 from atspeed.models import bench_model
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def run_case(model, prompt, K: int, new: int, use_eos: bool, repeats: int) -> dict:
@@ -50,21 +40,16 @@ def run_case(model, prompt, K: int, new: int, use_eos: bool, repeats: int) -> di
         return generate_with_tree_attention(model, always_beam=True, **kwargs)
 
     with torch.inference_mode():
-        hf(), tree()  # warm-up
-        t_hf, t_tree = [], []
-        for _ in range(repeats):  # interleaved, so drifts in machine load hit both
-            a, out_hf = timed(hf, 1)
-            b, out_tree = timed(tree, 1)
-            t_hf.append(a)
-            t_tree.append(b)
+        res = compare({"hf": hf, "tree": tree}, repeats)
+    (hf_ms, out_hf), (tree_ms, out_tree) = res["hf"], res["tree"]
     same = torch.equal(out_hf.sequences, out_tree.sequences)
     hf_cache = out_hf.get("cache", out_hf.get("past_key_values"))
     hf_bytes = cache_bytes(hf_cache) if hf_cache is not None else 0
     tree_stats = out_tree.stats
     return {
         "K": K,
-        "hf_ms": 1e3 * statistics.median(t_hf),
-        "tree_ms": 1e3 * statistics.median(t_tree),
+        "hf_ms": hf_ms,
+        "tree_ms": tree_ms,
         "same": same,
         "hf_kv": hf_bytes,
         "tree_kv": tree_stats.get("peak_cache_bytes", 0),

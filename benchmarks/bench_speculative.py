@@ -20,31 +20,14 @@ the two disagree. Recommendation shape: 84-token prompt, 4 new tokens, N = 40, g
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from atspeed.beamsd import beam_search_by_SD
+from atspeed.benchmarking import compare
 from atspeed.decoding.speculative import DraftSchedule
 from atspeed.hf.generate import generate_with_tree_attention
 from atspeed.models import SIZES, draft_target_pair
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def median_ms(fn, repeats: int, device: str) -> float:
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,9 +85,10 @@ def main() -> None:
             methods = (hf, tree, strict, adaptive, relaxed)
             with torch.inference_mode():
                 torch.manual_seed(0)
-                outs = [f() for f in methods]  # warm-up
-                t = {f.__name__: median_ms(f, args.repeats, dev) for f in methods}
-            ref, tr, sd, rx = outs[0].sequences, outs[1].sequences, outs[2], outs[4]
+                res = compare({f.__name__: f for f in methods}, args.repeats)
+            t = {name: ms for name, (ms, _) in res.items()}
+            ref, tr = res["hf"][1].sequences, res["tree"][1].sequences
+            sd, rx = res["strict"][1], res["relaxed"][1]
             same = torch.equal(tr, sd["beam_sequences"]) and torch.equal(ref, tr)
             print(f"{K:>3} {t['hf']:>8.1f} {t['tree']:>7.1f} {t['strict']:>7.1f} {t['adaptive']:>7.1f} "
                   f"{t['relaxed']:>7.1f} | {t['hf'] / t['tree']:>5.2f}x {t['hf'] / t['strict']:>7.2f}x "
