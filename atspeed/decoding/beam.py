@@ -145,8 +145,8 @@ def beam_step(
     just_finished = hits.clone()
     just_finished[:, K:] = False
     fin = cand_scores / ((cur + 1 - n) ** cfg.length_penalty)
-    full = state.finished.all(dim=-1, keepdim=True) & (cfg.early_stopping is True)
-    fin = fin + full.to(torch.float32) * NEG
+    if cfg.early_stopping is True:  # requests whose K finished slots are all taken accept no more
+        fin = fin + state.finished.all(dim=-1, keepdim=True).to(torch.float32) * NEG
     fin = fin + (~state.improvable).to(torch.float32) * NEG
     fin = fin + (~just_finished) * NEG
     merged_scores = torch.cat((state.scores, fin), dim=1)
