@@ -31,7 +31,12 @@ class DraftLevel:
     q: torch.Tensor  # [B, M, V] the draft's joint proposal distribution this level was sampled from
 
 
-def sample_level(joint_scores: torch.Tensor, n: int, replacement: bool, generator=None):
+Candidates = tuple[tuple[torch.Tensor, torch.Tensor], bool]  # ((scores, flat idx) best first, all drafted)
+
+
+def sample_level(
+    joint_scores: torch.Tensor, n: int, replacement: bool, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample n continuations from softmax(joint_scores) [B, M*V]; returns (scores, idx, probs)."""
     probs = torch.softmax(joint_scores, dim=-1)
     idx = torch.multinomial(probs, n, replacement=replacement, generator=generator)
@@ -62,7 +67,9 @@ def target_distribution(log_probs: torch.Tensor, running_scores: torch.Tensor) -
     return joint, torch.softmax(joint, dim=-1)
 
 
-def sample_target(log_probs: torch.Tensor, running_scores: torch.Tensor, generator=None):
+def sample_target(
+    log_probs: torch.Tensor, running_scores: torch.Tensor, generator: torch.Generator | None = None
+) -> Candidates:
     """Plain beam sampling step (no draft level): K continuations from p."""
     K = log_probs.shape[1]
     joint, p = target_distribution(log_probs, running_scores)
@@ -85,7 +92,13 @@ def _draft_q_under_beams(level: DraftLevel, beam_node: torch.Tensor) -> torch.Te
     return level.q.gather(1, beam_node[:, :, None].expand(B, K, V)).reshape(B, K * V)
 
 
-def accept_any(log_probs, running_scores, level: DraftLevel, beam_node, generator=None):
+def accept_any(
+    log_probs: torch.Tensor,
+    running_scores: torch.Tensor,
+    level: DraftLevel,
+    beam_node: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> Candidates:
     """The paper's relaxed rule, vectorised over the batch. Returns ((scores, idx), all_drafted)."""
     B, K, V = log_probs.shape
     joint, p = target_distribution(log_probs, running_scores)
@@ -113,7 +126,13 @@ def accept_any(log_probs, running_scores, level: DraftLevel, beam_node, generato
     return _sorted(joint, picked_flat[:, :K]), ok
 
 
-def recursive(log_probs, running_scores, level: DraftLevel, beam_node, generator=None):
+def recursive(
+    log_probs: torch.Tensor,
+    running_scores: torch.Tensor,
+    level: DraftLevel,
+    beam_node: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> Candidates:
     """Exact multi-draft rejection sampling for K = 1 (drafts sampled with replacement)."""
     B, K, V = log_probs.shape
     if K != 1:

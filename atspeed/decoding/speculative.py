@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from atspeed.decoding.beam import BeamConfig, StoppingFn, beam_step, finalize, gather_beams, init_beams, is_done
+from atspeed.decoding.beam import BeamConfig, BeamState, StoppingFn, beam_step, finalize, gather_beams, init_beams, is_done
 from atspeed.decoding.tree import (
     additive_mask,
     chain_parents,
@@ -175,7 +175,7 @@ def draft_tree(
     draft: TreeForward,
     view: _ModelView,
     root_logits: torch.Tensor | None,
-    state,
+    state: BeamState,
     gamma: int,
     num_draft_beams: int,
     target_processor: LogitsProcessorFn,
@@ -337,7 +337,7 @@ def speculative_beam_search(
 
 
 def verify(
-    state,
+    state: BeamState,
     cfg: BeamConfig,
     gamma: int,
     tree: DraftTree | None,
@@ -346,7 +346,7 @@ def verify(
     target_processor: LogitsProcessorFn,
     stopping: StoppingFn,
     choose: Callable | None,
-):
+) -> tuple[BeamState, int, torch.Tensor, bool]:
     """Take the target's beam steps level by level while the new beams are drafted nodes.
 
     Every step is the target's own beam step on its own logits (strict: HF's top-2K; relaxed: the
