@@ -29,6 +29,7 @@ from atspeed.decoding.speculative import DraftSchedule
 from atspeed.hf.generate import generate_with_tree_attention
 from atspeed.models import SIZES, draft_target_pair
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="cpu")
@@ -95,7 +96,7 @@ def main() -> None:
                   f"{t['hf'] / t['adaptive']:>6.2f}x {t['hf'] / t['relaxed']:>6.2f}x | "
                   f"{sd['target_calls'] / args.batch:>7.2f} {sd['ave_accept_steps']:>7.2f} "
                   f"{rx['ave_accept_steps']:>6.2f} {'yes' if same else 'no':>5}")
-        del target, draft
+        target = draft = None  # free the pair before building the next one
         if dev.startswith("cuda"):
             torch.cuda.empty_cache()
 

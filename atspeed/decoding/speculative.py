@@ -22,7 +22,17 @@ from typing import Callable
 
 import torch
 
-from atspeed.decoding.beam import BeamConfig, BeamState, StoppingFn, beam_step, finalize, gather_beams, init_beams, is_done
+from atspeed.decoding.beam import (
+    BeamConfig,
+    BeamState,
+    StoppingFn,
+    beam_step,
+    finalize,
+    gather_beams,
+    init_beams,
+    is_done,
+)
+from atspeed.decoding.relaxed import VARIANTS, DraftLevel, accept_any, recursive, sample_level, sample_target
 from atspeed.decoding.tree import (
     additive_mask,
     chain_parents,
@@ -30,7 +40,6 @@ from atspeed.decoding.tree import (
     node_visibility,
     select_slots,
 )
-from atspeed.decoding.relaxed import VARIANTS, DraftLevel, accept_any, recursive, sample_level, sample_target
 from atspeed.decoding.tree_search import BeamSearchResult, LogitsProcessorFn, TreeForward
 
 Hook = Callable[[str], object]  # returns a context manager timing the named phase

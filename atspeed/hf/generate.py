@@ -16,8 +16,8 @@ from transformers import GenerationConfig
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
 
 from atspeed.decoding.beam import BeamConfig
-from atspeed.hf import compat
 from atspeed.decoding.tree_search import BeamSearchResult, tree_beam_search
+from atspeed.hf import compat
 from atspeed.hf.model import TreeLM, check_tree_support, max_positions, model_device, sliding_window
 
 # generate() options that tree-attention beam search does not implement: refuse, never ignore.
