@@ -4,41 +4,17 @@ Cache layout (one row per request, every row the same length S):
 
     [prompt p_1..p_n (left-padded)] [tokens fed by call 1] [tokens fed by call 2] ...
 
-A `Frontier` describes the running beams from one model's point of view: `visible[b, k, s]` says
-which cache slots beam k's already-fed prefix occupies (the prompt's real tokens and its fed
-ancestors), and `pending[b, k]` holds its last P tokens that the model has not read yet (P = 1 in
-plain beam search; a draft may lag by 2 after a fully accepted round).
-
-Feeding is one primitive, `feed_inputs`: Q new nodes, each with a parent that is either a beam's
-fed prefix ("root") or an earlier new node. Every node sees its root's slots, its new ancestors and
-itself; its position id is prompt length + depth. Plain beam steps, pending chains, draft levels and
-the whole draft tree for verification are all calls of it. Slots no live beam can see are dead;
-`compaction_plan` drops them so memory and attention follow the live tree, not the history.
+A beam is described by its row `visible[b, k, s]`: which cache slots its already-read prefix
+occupies (the prompt's real tokens and its ancestors). New tokens are nodes with parents; each
+sees its parent's slots, its new ancestors and itself, and its position id is prompt length +
+depth. `level_inputs` feeds one token per beam (a beam search step); `node_visibility` feeds any
+tree (pending chains, draft levels, the whole draft tree for verification). Slots no live beam can
+see are dead; `compaction_plan` drops them so memory and attention follow the live tree.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-
-
-@dataclass
-class Frontier:
-    visible: torch.Tensor  # [B, K, S] bool: cache slots each beam attends to
-    pending: torch.Tensor  # [B, K, P] tokens of each beam not yet in the cache (last = beam's last token)
-    depth: int  # generated tokens before the first pending one (its position = prompt length + depth)
-
-    @property
-    def num_slots(self) -> int:
-        return self.visible.shape[-1]
-
-
-def frontier_from_prompt(attention_mask: torch.Tensor, num_beams: int, last_tokens: torch.Tensor) -> Frontier:
-    """Beams right after the prompt's prefill, each with its first generated token pending.
-    attention_mask: [B, n] (1 = real token); last_tokens: [B, K]."""
-    visible = attention_mask.bool()[:, None, :].expand(-1, num_beams, -1).contiguous()
-    return Frontier(visible=visible, pending=last_tokens[:, :, None], depth=0)
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -66,21 +42,6 @@ def node_visibility(root_visible: torch.Tensor, parents: torch.Tensor, max_depth
     return nodes
 
 
-def feed_inputs(
-    root_visible: torch.Tensor,
-    parents: torch.Tensor,
-    node_depth: torch.Tensor,
-    prompt_lengths: torch.Tensor,
-    max_depth: int,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(visible [B, Q, S+Q], additive mask [B, 1, Q, S+Q], position ids [B, Q]) for feeding Q nodes.
-    node_depth: [B, Q] generated tokens before each node."""
-    visible = node_visibility(root_visible, parents, max_depth)
-    positions = prompt_lengths[:, None] + node_depth
-    return visible, additive_mask(visible, dtype), positions
-
-
 def chain_parents(num_roots: int, length: int, device: torch.device) -> torch.Tensor:
     """Parents for feeding a chain of `length` tokens per root, node (k, i) at index k*length + i."""
     idx = torch.arange(num_roots * length, device=device)
@@ -88,21 +49,17 @@ def chain_parents(num_roots: int, length: int, device: torch.device) -> torch.Te
     return torch.where(i == 0, k, num_roots + idx - 1)
 
 
-def feed_frontier(
-    frontier: Frontier, prompt_lengths: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inputs to read every beam's pending tokens: tokens [B, K*P], mask, positions, and the
-    visible rows [B, K*P, S+K*P] of the new nodes. Beam k's last token is node k*P + P - 1."""
-    B, K, P = frontier.pending.shape
-    if P == 1:  # one new token per beam: it sees its beam's slots and itself
-        eye = torch.eye(K, dtype=torch.bool, device=frontier.visible.device).expand(B, K, K)
-        visible = torch.cat((frontier.visible, eye), dim=-1)
-        positions = (prompt_lengths + frontier.depth)[:, None].expand(B, K)
-        return frontier.pending[:, :, 0], additive_mask(visible, dtype), positions, visible
-    parents = chain_parents(K, P, frontier.pending.device).expand(B, K * P)
-    depth = (frontier.depth + torch.arange(P, device=parents.device)).repeat(K).expand(B, K * P)
-    visible, mask, positions = feed_inputs(frontier.visible, parents, depth, prompt_lengths, P, dtype)
-    return frontier.pending.reshape(B, K * P), mask, positions, visible
+def level_inputs(
+    parent_rows: torch.Tensor, depth: int, prompt_lengths: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs to feed one new token per beam (a plain beam search step). parent_rows: [B, K, S]
+    slots each beam's prefix occupies. Returns the additive mask [B, 1, K, S+K], position ids
+    [B, K] and the new tokens' own rows [B, K, S+K] (their prefix plus themselves)."""
+    B, K, _ = parent_rows.shape
+    eye = torch.eye(K, dtype=torch.bool, device=parent_rows.device).expand(B, K, K)
+    visible = torch.cat((parent_rows, eye), dim=-1)
+    positions = (prompt_lengths + depth)[:, None].expand(B, K)
+    return additive_mask(visible, dtype), positions, visible
 
 
 def compaction_plan(live_rows: list[torch.Tensor]) -> torch.Tensor | None:

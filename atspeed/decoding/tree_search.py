@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 import torch
 
 from atspeed.decoding.beam import BeamConfig, StoppingFn, beam_step, finalize, gather_beams, init_beams, is_done
-from atspeed.decoding.tree import Frontier, compaction_plan, feed_frontier, select_slots
+from atspeed.decoding.tree import compaction_plan, level_inputs, select_slots
 
 LogitsProcessorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -84,11 +84,10 @@ def tree_beam_search(
         if plain_decoding:  # one beam, no padding: ordinary causal decoding, no mask to build
             logits = lm.forward(pending[:, :, 0], (prompt_lengths + depth)[:, None], None)
         else:
-            frontier = Frontier(gather_beams(rows, parents), pending, depth)
-            tokens, mask, positions, rows = feed_frontier(frontier, prompt_lengths, lm.dtype)
+            mask, positions, rows = level_inputs(gather_beams(rows, parents), depth, prompt_lengths, lm.dtype)
             if K == 1:  # one beam with padding: the model's own causal + padding mask is the tree mask
                 mask = rows[:, 0].long()  # [B, S+1]
-            logits = lm.forward(tokens, positions, mask)  # [B, K, V]
+            logits = lm.forward(pending[:, :, 0], positions, mask)  # [B, K, V]
         peak_bytes = max(peak_bytes, lm.cache_bytes)
         if compact_every and K > 1 and (depth + 1) % compact_every == 0:  # one beam leaves no dead slots
             keep = compaction_plan([rows])

@@ -44,11 +44,6 @@ def cache_layers(cache: DynamicCache) -> list:
     return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
 
 
-def cache_length(cache: DynamicCache) -> int:
-    layers = cache_layers(cache)
-    return layers[0].keys.shape[-2] if layers else 0
-
-
 def cache_select(cache: DynamicCache, index: torch.Tensor) -> None:
     """Keep, per row, the cache slots `index` [B, S'] in that order (in place)."""
     for layer in cache_layers(cache):
@@ -56,13 +51,6 @@ def cache_select(cache: DynamicCache, index: torch.Tensor) -> None:
         idx = index[:, None, :, None].expand(B, H, index.shape[1], D)
         layer.keys = layer.keys.gather(2, idx)
         layer.values = layer.values.gather(2, idx.expand(B, H, index.shape[1], layer.values.shape[-1]))
-
-
-def cache_truncate(cache: DynamicCache, length: int) -> None:
-    """Keep the first `length` slots (in place)."""
-    for layer in cache_layers(cache):
-        layer.keys = layer.keys[..., :length, :]
-        layer.values = layer.values[..., :length, :]
 
 
 def cache_bytes(cache: DynamicCache) -> int:

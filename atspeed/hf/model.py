@@ -115,9 +115,6 @@ class TreeLM:
     def keep_slots(self, index: torch.Tensor) -> None:
         compat.cache_select(self.cache, index)
 
-    def truncate(self, length: int) -> None:
-        compat.cache_truncate(self.cache, length)
-
     @property
     def cache_bytes(self) -> int:
         return compat.cache_bytes(self.cache)
