@@ -1,0 +1,142 @@
+"""Train a recommender (target or draft) on next-item prediction with the Hugging Face Trainer.
+
+One training example per `train_samples` entry: the prompt is `<s>` + the history's semantic IDs,
+the answer is the next item's L tokens + `</s>`. Only the answer is supervised (the prompt's labels
+are -100), since the model is only ever asked to continue a history, never to write one; EOS is
+supervised so that a finished item ends, as the trie constraint expects.
+
+Checkpoints are the Trainer's own (safetensors, rotated by `save_total_limit`), so a stopped run
+resumes with its optimizer, scheduler, RNG and data position. The result is `out_dir/final`, a
+plain `save_pretrained` folder (model + tokenizer) that `AutoModelForCausalLM.from_pretrained` and
+`AutoTokenizer.from_pretrained` load; it is written to a temporary folder first and renamed, so it
+is either complete or absent.
+
+The same code runs with transformers 4.57 and 5.x: it only uses TrainingArguments that both
+versions accept with the same meaning (safetensors is the default in both, so it is not named).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from atspeed.rec.data import MAX_HISTORY, RecDataset, Sample, train_samples
+from atspeed.rec.tokenizer import ItemVocab, encode_history, item_vocab
+
+IGNORE = -100  # label value the loss skips
+
+
+class SampleDataset(Dataset):
+    """`train_samples(ds)` as token ids: input_ids = prompt + answer + EOS, labels = -100 over the prompt."""
+
+    def __init__(self, ds: RecDataset, tokenizer: PreTrainedTokenizerBase, max_history: int = MAX_HISTORY):
+        self.samples: list[Sample] = train_samples(ds, max_history)
+        self.vocab: ItemVocab = item_vocab(tokenizer, ds.index)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        s = self.samples[i]
+        prompt = encode_history(self.vocab, s.history)  # [1 + L * len(history)]
+        answer = [*self.vocab.tokens[s.target].tolist(), self.vocab.eos_token_id]  # [L + 1]
+        return {"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer}
+
+
+def pad_right(features: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Batch examples of different lengths: right padding (pad id / -100 labels / 0 attention)."""
+    n = max(len(f["input_ids"]) for f in features)
+    B = len(features)
+    input_ids = torch.full((B, n), pad_token_id, dtype=torch.int64)  # [B, n]
+    labels = torch.full((B, n), IGNORE, dtype=torch.int64)  # [B, n]
+    attention_mask = torch.zeros((B, n), dtype=torch.int64)  # [B, n]
+    for b, f in enumerate(features):
+        k = len(f["input_ids"])
+        input_ids[b, :k] = torch.tensor(f["input_ids"])
+        labels[b, :k] = torch.tensor(f["labels"])
+        attention_mask[b, :k] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: RecDataset,
+    out_dir: str | os.PathLike,
+    *,
+    epochs: float = 1,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    max_steps: int = -1,
+    seed: int = 0,
+    resume: bool = True,
+    save_steps: int = 500,
+    save_total_limit: int = 2,
+    logging_steps: int = 50,
+) -> Path:
+    """Train `model` in place on `dataset`'s train split; return `out_dir/final` (model + tokenizer).
+
+    With `resume` and a `checkpoint-*` folder in `out_dir`, training continues from the latest one
+    (then `model` only supplies the architecture: its weights are replaced by the checkpoint's).
+    `max_steps` > 0 overrides `epochs`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        seed=seed,
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=save_total_limit,
+        logging_steps=logging_steps,
+        logging_first_step=True,
+        report_to=[],
+        disable_tqdm=False,
+        remove_unused_columns=False,  # the collator needs "labels" as built, nothing to drop
+        dataloader_num_workers=0,  # CPU-friendly: examples are cheap to build in-process
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps (and only works) with a GPU
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=SampleDataset(dataset, tokenizer),
+        data_collator=partial(pad_right, pad_token_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,  # checkpoints then hold the tokenizer too
+    )
+    checkpoint = get_last_checkpoint(str(out_dir)) if resume else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return save_final(trainer.model, tokenizer, out_dir)
+
+
+def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike) -> Path:
+    """`save_pretrained` model and tokenizer into `out_dir/final`, atomically (temp folder, then rename)."""
+    out_dir = Path(out_dir)
+    final = out_dir / "final"
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".final."))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model is not
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        old = out_dir / f".final-old-{uuid.uuid4().hex}"
+        if final.exists():
+            os.replace(final, old)  # a directory cannot be renamed over a non-empty one
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,136 @@
+"""Training a recommender: only the answer is supervised, batches are right-padded, and a short run
+learns, saves a folder that loads back, resumes from its checkpoint and decodes valid items."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+
+from atspeed.rec.data import eval_cases
+from atspeed.rec.recipes import new_model
+from atspeed.rec.tokenizer import decode_items, encode_prompts
+from atspeed.rec.train import IGNORE, SampleDataset, pad_right, save_final, train
+from atspeed.rec.trie import TrieLogitsProcessor
+
+STEPS = 40
+
+
+@dataclass
+class Run:
+    model: torch.nn.Module  # the model after training (trained in place)
+    final: Path
+    batch: dict[str, torch.Tensor]  # a fixed batch of training examples
+    loss_before: float
+    loss_after: float
+
+
+def mean_loss(model, batch) -> float:
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+@pytest.fixture(scope="module")
+def samples(synthetic, tokenizer) -> SampleDataset:
+    return SampleDataset(synthetic, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def run(synthetic, tokenizer, samples, tmp_path_factory) -> Run:
+    torch.manual_seed(0)
+    model = new_model("tiny", tokenizer)
+    step = len(samples) // 64
+    batch = pad_right([samples[i] for i in range(0, 64 * step, step)], tokenizer.pad_token_id)
+    before = mean_loss(model, batch)
+    out = tmp_path_factory.mktemp("run")
+    final = train(model, tokenizer, synthetic, out, max_steps=STEPS, batch_size=32, lr=3e-3, save_steps=STEPS)
+    return Run(model.eval(), final, batch, before, mean_loss(model, batch))
+
+
+def test_recipes_match_the_tokenizer_and_the_draft_is_about_ten_times_smaller(tokenizer):
+    target, draft = new_model("target", tokenizer), new_model("draft", tokenizer)
+    for model in (target, draft):
+        assert model.config.vocab_size == len(tokenizer)
+        assert (model.config.pad_token_id, model.config.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
+        assert model.config.max_position_embeddings >= 1 + 20 * 4 + 4 + 1
+    assert 8 < target.num_parameters() / draft.num_parameters() < 16
+
+
+def test_labels_supervise_only_the_answer_and_eos(samples, vocab):
+    for i in range(0, len(samples), 97):
+        sample, example = samples.samples[i], samples[i]
+        n_prompt = 1 + 4 * len(sample.history)
+        answer = [*vocab.tokens[sample.target].tolist(), vocab.eos_token_id]
+        assert example["input_ids"][n_prompt:] == answer
+        assert example["labels"] == [IGNORE] * n_prompt + answer
+
+
+def test_collator_pads_right_and_masks_padding_in_labels():
+    features = [
+        {"input_ids": [1, 5, 6], "labels": [IGNORE, 5, 6]},
+        {"input_ids": [1, 7, 8, 9, 2], "labels": [IGNORE, IGNORE, 8, 9, 2]},
+    ]
+    batch = pad_right(features, pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 0, 0], [1, 7, 8, 9, 2]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[IGNORE, 5, 6, IGNORE, IGNORE], [IGNORE, IGNORE, 8, 9, 2]]
+
+
+def test_a_short_run_lowers_the_training_loss(run):
+    assert run.loss_after < run.loss_before - 0.3
+
+
+def test_final_folder_loads_back_with_the_same_logits_and_tokenizer(run, tokenizer):
+    assert (run.final / "model.safetensors").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(run.final).eval()
+    loaded_tokenizer = AutoTokenizer.from_pretrained(run.final)
+    inputs = {k: run.batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, run.model(**inputs).logits)
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert loaded_tokenizer("<a_1><b_2>").input_ids == tokenizer("<a_1><b_2>").input_ids
+
+
+def test_a_failed_final_save_leaves_no_final_folder(run, tmp_path):
+    class BrokenTokenizer:
+        def save_pretrained(self, path):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_final(run.model, BrokenTokenizer(), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither `final` nor a temporary folder
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint(synthetic, tokenizer, tmp_path):
+    N = 4
+    torch.manual_seed(0)
+    train(new_model("tiny", tokenizer), tokenizer, synthetic, tmp_path, max_steps=N, save_steps=N, logging_steps=1)
+    first = json.loads((tmp_path / f"checkpoint-{N}" / "trainer_state.json").read_text())
+    torch.manual_seed(1)  # other initial weights: a run that ignored the checkpoint would log other losses
+    train(new_model("tiny", tokenizer), tokenizer, synthetic, tmp_path, max_steps=2 * N, save_steps=N, logging_steps=1)
+    resumed = json.loads((tmp_path / f"checkpoint-{2 * N}" / "trainer_state.json").read_text())
+    assert resumed["global_step"] == 2 * N
+    assert resumed["log_history"][: len(first["log_history"])] == first["log_history"]
+    assert [e["step"] for e in resumed["log_history"] if "loss" in e] == list(range(1, 2 * N + 1))
+
+
+def test_constrained_beam_search_with_the_trained_model_returns_valid_items(run, synthetic, vocab, trie):
+    K = 5
+    histories = [case.history for case in eval_cases(synthetic, "test")[:4]]
+    input_ids, attention_mask = encode_prompts(vocab, histories)
+    processor = TrieLogitsProcessor(trie, input_ids.shape[1], eos_token_id=vocab.eos_token_id)
+    with torch.no_grad():
+        out = run.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, logits_processor=LogitsProcessorList([processor]),
+            num_beams=K, num_return_sequences=K, max_new_tokens=4, do_sample=False,
+            pad_token_id=vocab.pad_token_id, eos_token_id=vocab.eos_token_id,
+        )
+    items = decode_items(vocab, out[:, input_ids.shape[1] :])
+    assert None not in items
+    for b in range(len(histories)):
+        assert len(set(items[b * K : (b + 1) * K])) == K  # K distinct items per user
