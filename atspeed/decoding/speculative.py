@@ -192,9 +192,9 @@ def draft_tree(
     prompt_lengths: torch.Tensor,
     depth0: int,
     sampling: str | None = None,
-) -> tuple[DraftTree, torch.Tensor]:
+) -> DraftTree:
     """gamma levels of N-beam search by the draft from the K running beams (top-N, or N sampled for
-    relaxed verification: without replacement, or with it for `recursive`). Returns the tree and
+    relaxed verification: without replacement, or with it for `recursive`). The tree's rows[0] are
     the draft rows of the beams' chain ends (level 0)."""
     B, K, P = view.pending.shape
     N = num_draft_beams
@@ -229,7 +229,7 @@ def draft_tree(
         tree.rows.append(rows)
         log_probs = draft_processor(seqs.reshape(B * N, -1), torch.log_softmax(logits.reshape(B * N, V), -1))
         scores = (top[:, :, None] + log_probs.view(B, N, V)).reshape(B, N * V)
-    return tree, level0_rows
+    return tree
 
 
 def _pad_rows(rows: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -280,12 +280,12 @@ def speculative_beam_search(
             with hook("draft"):
                 root_logits = None
                 if d_view is None:  # lazy: a draft that is never used is never run
-                    root_logits = draft.prefill(input_ids, attention_mask)[:, None].expand(B, K, -1)
-                    pending = state.running_sequences[:, :, n : state.cur_len]
-                    d_view = _ModelView(prompt_rows, pending)
-                    root_logits = None if generated else root_logits
+                    prefill_logits = draft.prefill(input_ids, attention_mask)  # [B, V]
+                    d_view = _ModelView(prompt_rows, state.running_sequences[:, :, n : state.cur_len])
+                    if not generated:  # nothing pending: the prefill already scores the beams
+                        root_logits = prefill_logits[:, None].expand(B, K, -1)
                 depth0 = generated - d_view.pending.shape[-1]
-                tree, level0_rows = draft_tree(
+                tree = draft_tree(
                     draft, d_view, root_logits, state, gamma, N, target_processor, draft_processor,
                     prompt_lengths, depth0, sampling=relaxed,
                 )
