@@ -220,3 +220,21 @@ def test_identical_draft_with_as_many_draft_beams_accepts_every_level(rule, K, N
         out = run_sd(target, draft, left_pad(random_prompts((7, 3), seed=1)), K=K, N=N, gamma=3, max_new_tokens=8,
                      do_sample=True, sampling_verification=rule)
         assert out["ave_accept_rate"] == 1.0, out["per_round_accepted"]
+
+
+def test_accept_any_never_fills_with_a_node_it_already_accepted():
+    """A drafted node whose parent is no current beam maps to beam 0; when it has the token of an
+    accepted node under beam 0, it must not hide that node from the exclusion of the fill."""
+    from atspeed.decoding.relaxed import DraftLevel, accept_any
+
+    V, K = 4, 2
+    log_probs = torch.log_softmax(torch.tensor([[[2.0, 1.0, 0.0, -1.0], [0.5, 0.5, 0.0, 0.0]]]), -1)  # [1, K, V]
+    running = torch.zeros(1, K)
+    # node 0: token 0 under draft node 7 (= beam 0); node 1: token 0 under draft node 9 (no beam)
+    level = DraftLevel(tokens=torch.tensor([[0, 0]]), parents=torch.tensor([[7, 9]]),
+                       q=torch.full((1, 10, V), 1e-6))
+    level.q[0, 7, 0] = 0.1  # q(x) < p(x) for node 0: always accepted, and p - q > 0 there
+    beam_node = torch.tensor([[7, 8]])
+    for seed in range(50):
+        (_, idx), _ = accept_any(log_probs, running, level, beam_node, torch.Generator().manual_seed(seed))
+        assert len(set(idx[0].tolist())) == K

@@ -115,9 +115,10 @@ def accept_any(
     picked_flat = flat.gather(1, pick)  # [B, K] (rows with < K accepted: first n_acc are accepted)
     ok = bool((n_acc >= K).all())
     if not ok:
-        taken = torch.zeros_like(p, dtype=torch.bool)
         is_acc = torch.arange(picked_flat.shape[1], device=p.device)[None, :] < n_acc[:, None]
-        taken.scatter_(1, picked_flat, is_acc)  # accepted ones excluded from the fill
+        # accepted ones are excluded from the fill; a rejected node may share an accepted one's index
+        # (a node off the current beams maps to beam 0), so count rather than overwrite
+        taken = torch.zeros(p.shape, dtype=torch.int32, device=p.device).scatter_add_(1, picked_flat, is_acc.int()) > 0
         fill = _sample_without((p - q_all).clamp_min(0.0), p, K, taken, generator)
         # accepted first, then fill, per row
         slot = torch.arange(K, device=p.device)[None, :]
