@@ -1,0 +1,264 @@
+"""Top-K recommendation with a trained recommender: histories in, K valid items per user out.
+
+One entry point, `recommend`, for every decoding method, so evaluation, the CLI, batch jobs and
+teacher-data generation all decode the same way:
+
+    hf                    HF `generate(num_beams=K)`: the reference beam search
+    tree                  tree-attention beam search (exactly HF's result)
+    speculative           speculative beam search, strict verification (exactly HF's result)
+    speculative-relaxed   beam sampling with the paper's relaxed verification (a sample, not HF's)
+
+Every method is constrained by the item trie (draft and target alike), generates the L tokens of
+one item, and returns the K items best first with their beam scores.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
+from atspeed.rec.data import MAX_HISTORY, SemanticID, find_index_file, load_index
+from atspeed.rec.tokenizer import ItemVocab, decode_items, encode_prompts, item_vocab
+from atspeed.rec.trie import ItemTrie, TrieLogitsProcessor, build_trie
+
+METHODS = ("hf", "tree", "speculative", "speculative-relaxed")
+SPECULATIVE = ("speculative", "speculative-relaxed")
+
+
+@dataclass(frozen=True)
+class Recommender:
+    """A target (and optional draft) with the tokenizer and catalogue they were trained on."""
+
+    target: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    index: Mapping[int, SemanticID]
+    vocab: ItemVocab
+    trie: ItemTrie
+    draft: PreTrainedModel | None = None
+
+    @property
+    def num_items(self) -> int:
+        return len(self.index)
+
+
+@dataclass
+class Recommendations:
+    """K items per user (best first), their scores, and what decoding them cost."""
+
+    items: list[list[int]]  # [U][K] item ids
+    scores: torch.Tensor  # [U, K] beam scores (log-probability / length)
+    seconds: float = 0.0  # wall time of all decoding calls
+    target_calls: float = 0.0  # target forward passes per user (a batch's calls count for each of its users)
+    rounds: int = 0  # speculative: draft-verify rounds, summed over batches
+    accepted_levels: int = 0  # speculative: drafted levels accepted, summed over rounds
+    per_batch: list[dict] = field(default_factory=list)
+
+
+def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, role: str = "model") -> None:
+    """A model only reads the tokenizer it was trained with: same size and the same special tokens."""
+    cfg = model.config
+    if cfg.vocab_size != len(tokenizer):
+        raise ValueError(
+            f"The {role} has vocab_size={cfg.vocab_size} but the tokenizer has {len(tokenizer)} tokens: they were "
+            "not trained together. Load the tokenizer saved with the model."
+        )
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        ours, theirs = getattr(tokenizer, name), getattr(cfg, name, None)
+        if theirs is not None and ours is not None and _ids(theirs) != _ids(ours):
+            raise ValueError(f"The {role}'s {name}={theirs} but the tokenizer's is {ours}: vocabularies differ.")
+
+
+def _ids(x: int | Sequence[int]) -> set[int]:
+    return {int(x)} if isinstance(x, int) else {int(i) for i in x}
+
+
+def build_recommender(
+    target: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    index: Mapping[int, SemanticID],
+    draft: PreTrainedModel | None = None,
+) -> Recommender:
+    """Check that the models, tokenizer and catalogue fit together; build the item trie."""
+    check_vocabulary(target, tokenizer, "target")
+    if draft is not None:
+        check_vocabulary(draft, tokenizer, "draft")
+    vocab = item_vocab(tokenizer, index)
+    trie = build_trie(vocab.tokens, len(tokenizer)).to(target.device)
+    return Recommender(target.eval(), tokenizer, index, vocab, trie, draft.eval() if draft is not None else None)
+
+
+def load_recommender(
+    target_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    draft_dir: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    allow_duplicate_ids: bool = False,
+) -> Recommender:
+    """Load a saved target (folder with model + tokenizer), optional draft, and the dataset's item index."""
+    index = load_index(find_index_file(data_dir), allow_duplicate_ids=allow_duplicate_ids)
+    tokenizer = AutoTokenizer.from_pretrained(_model_dir(target_dir))
+    target = _load_model(target_dir, device, dtype)
+    draft = _load_model(draft_dir, device, dtype) if draft_dir is not None else None
+    return build_recommender(target, tokenizer, index, draft)
+
+
+def _model_dir(path: str | os.PathLike) -> Path:
+    """A model folder, or a training output folder holding `final/`."""
+    path = Path(path)
+    if (path / "final" / "config.json").exists():
+        return path / "final"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"No model at {path}: expected a folder with config.json (or final/config.json).")
+    return path
+
+
+def _load_model(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(_model_dir(path), dtype=dtype).to(device).eval()
+
+
+def check_histories(histories: Sequence[Sequence[int]], num_items: int) -> None:
+    """Every history item must be in the catalogue; the error names the user (row) and the item."""
+    for row, history in enumerate(histories):
+        for item in history:
+            if not (isinstance(item, int) and 0 <= item < num_items):
+                raise ValueError(
+                    f"History {row}: item {item!r} is not in the catalogue (item ids are 0 … {num_items - 1})."
+                )
+
+
+def recommend(
+    rec: Recommender,
+    histories: Sequence[Sequence[int]],
+    k: int,
+    *,
+    method: str = "tree",
+    batch_size: int = 16,
+    draft_beams: int | None = None,
+    gamma: int = 3,
+    seed: int = 0,
+    max_history: int = MAX_HISTORY,
+    progress: bool = False,
+) -> Recommendations:
+    """The top-`k` items for each history (0-based item ids, oldest first; the last `max_history` are used).
+
+    Users are decoded `batch_size` at a time (left-padded). Speculative methods need `rec.draft`
+    and use N = `draft_beams` (default 2K) draft beams and `gamma` drafted levels per round.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if not 1 <= k <= rec.num_items:
+        raise ValueError(f"k must be between 1 and the number of items ({rec.num_items}), got {k}.")
+    if method in SPECULATIVE and rec.draft is None:
+        raise ValueError(f"Method {method!r} needs a draft model: load one with the target.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    check_histories(histories, rec.num_items)
+    histories = [tuple(h)[len(h) - min(len(h), max_history):] for h in histories]
+    out = Recommendations(items=[], scores=torch.empty(0, k))
+    scores = []
+    calls = _CallCounter(rec.target)
+    if method == "speculative-relaxed":
+        torch.manual_seed(seed)
+    with calls, torch.inference_mode():
+        for batch in tqdm(_batches(histories, batch_size), total=-(-len(histories) // batch_size),
+                          desc=method, unit="batch", disable=not progress, leave=False):
+            calls.count = 0
+            start = _now(rec.target.device)
+            seqs, batch_scores, stats = _decode(rec, batch, k, method, draft_beams or 2 * k, gamma)
+            elapsed = _now(rec.target.device) - start
+            prompt_len = seqs.shape[1] - rec.vocab.id_length
+            items = decode_items(rec.vocab, seqs[:, prompt_len:].cpu())
+            if None in items:  # the trie makes this impossible; never hand out a wrong item silently
+                raise RuntimeError(f"Decoding produced an invalid item for method {method!r}.")
+            out.items += [items[b * k : (b + 1) * k] for b in range(len(batch))]
+            scores.append(batch_scores.view(len(batch), k).float().cpu())
+            out.seconds += elapsed
+            out.target_calls += calls.count * len(batch)
+            out.rounds += stats.get("n_run", 0)
+            out.accepted_levels += stats.get("total_accept_steps", 0)
+            out.per_batch.append({"users": len(batch), "seconds": elapsed, "target_calls": calls.count, **stats})
+    out.scores = torch.cat(scores) if scores else out.scores
+    out.target_calls /= max(1, len(histories))
+    return out
+
+
+def _batches(histories: Sequence[tuple[int, ...]], size: int) -> Iterator[Sequence[tuple[int, ...]]]:
+    for i in range(0, len(histories), size):
+        yield histories[i : i + size]
+
+
+def _decode(
+    rec: Recommender, histories: Sequence[Sequence[int]], k: int, method: str, draft_beams: int, gamma: int
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One batch: ([B*k, prompt_len + L] sequences, [B*k] scores, speculative counters)."""
+    input_ids, attention_mask = encode_prompts(rec.vocab, histories)
+    device = rec.target.device
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+    processor = TrieLogitsProcessor(rec.trie, input_ids.shape[1], eos_token_id=rec.vocab.eos_token_id)
+    settings = dict(
+        logits_processor=LogitsProcessorList([processor]),
+        max_new_tokens=rec.vocab.id_length,
+        pad_token_id=rec.vocab.pad_token_id,
+        eos_token_id=rec.vocab.eos_token_id,
+    )
+    if method == "hf":
+        out = rec.target.generate(**inputs, num_beams=k, num_return_sequences=k, do_sample=False,
+                                  return_dict_in_generate=True, output_scores=True, output_logits=k == 1,
+                                  **settings)
+        return out.sequences, out.sequences_scores if k > 1 else _greedy_scores(out), {}
+    if method == "tree":
+        out = beam_search_by_TreeAttn(rec.target, inputs, beam_size=k, **settings)
+        return out["beam_sequences"], out["beam_scores"], {}
+    out = beam_search_by_SD(rec.target, rec.draft, inputs, gamma=gamma, beam_size=k,
+                            draft_beam_size=max(k, draft_beams), do_sample=method == "speculative-relaxed",
+                            **settings)
+    stats = {"n_run": out["n_run"], "total_accept_steps": out["total_accept_steps"]}
+    return out["beam_sequences"], out["beam_scores"], stats
+
+
+def _greedy_scores(out) -> torch.Tensor:
+    """HF's K = 1 is greedy search, which keeps no beam score: the same score from its raw logits
+    (sum of the chosen tokens' log-probabilities over the generated length, as beam search reports)."""
+    logits = torch.stack(out.logits, 1).float()  # [B, L, V]
+    chosen = out.sequences[:, -logits.shape[1] :]  # [B, L]
+    log_probs = logits.log_softmax(-1).gather(-1, chosen[..., None])[..., 0]
+    return log_probs.sum(-1) / logits.shape[1]
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class _CallCounter:
+    """Counts forward calls of a model (all methods the same way, HF's generate included)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.count, self._handle = model, 0, None
+
+    def _hook(self, *_: object) -> None:
+        self.count += 1
+
+    def __enter__(self) -> _CallCounter:
+        self._handle = self.model.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._handle.remove()
