@@ -1,30 +1,311 @@
-"""Command-line interface: `atspeed --help`."""
+"""Command-line interface: `atspeed --help`.
+
+    atspeed demo                      synthetic data + the committed small models -> quality/speed table + plot
+    atspeed data synthetic OUT        write the synthetic dataset
+    atspeed data prepare LOG OUT      interaction log (CSV/Parquet) -> splits + semantic IDs
+    atspeed train DATA OUT            train a target or draft recommender
+    atspeed evaluate                  Recall/NDCG and speed of every decoding method, table + JSON/CSV/PNG
+    atspeed recommend                 top-K items for one history
+    atspeed bench decode | trie       speed benchmarks on built-in models
+
+Item ids on the command line are the ones in `sequential_*.txt` (1-based); the Python API is 0-based.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 import torch
 
-from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
-from atspeed.benchmarking import compare
-from atspeed.models import draft_target_pair
+from atspeed.rec.data import eval_cases, load_dataset
+from atspeed.rec.recommend import METHODS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PRETRAINED = Path(__file__).resolve().parent / "rec" / "pretrained"
 
 
-@click.group()
+def _ks(value: str) -> list[int]:
+    try:
+        ks = sorted({int(x) for x in value.replace(",", " ").split()})
+    except ValueError:
+        raise click.BadParameter(f"expected integers like '5,10,20', got {value!r}") from None
+    if not ks or ks[0] < 1:
+        raise click.BadParameter("every K must be >= 1")
+    return ks
+
+
+def _methods(value: str) -> list[str]:
+    methods = [m for m in value.replace(",", " ").split() if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise click.BadParameter(f"choose from {', '.join(METHODS)}; got {value!r}")
+    return methods
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """atspeed: fast beam search by tree attention and speculative beam search."""
+    """atspeed: fast beam search by tree attention and speculative beam search, for LLM-based
+    generative recommendation and any Hugging Face causal LM."""
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+@main.group()
+def data() -> None:
+    """Build datasets in the on-disk format (<name>.index.json + sequential_{train,valid,test}.txt)."""
+
+
+@data.command("synthetic")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--items", default=512, show_default=True)
+@click.option("--users", default=1000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def data_synthetic(out: Path, items: int, users: int, seed: int) -> None:
+    """Write the seeded SYNTHETIC dataset (clustered users over hierarchical items) to OUT."""
+    from atspeed.rec.synthetic import SyntheticConfig, write_synthetic
+
+    ds = write_synthetic(out, SyntheticConfig(num_items=items, num_users=users, seed=seed))
+    click.echo(f"wrote {out}: {ds.num_items} items, {len(ds.users)} users (synthetic)")
+
+
+@data.command("prepare")
+@click.argument("log", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default="custom", show_default=True, help="dataset name (<name>.index.json)")
+@click.option("--user-col", default="user", show_default=True)
+@click.option("--item-col", default="item", show_default=True)
+@click.option("--time-col", default="timestamp", show_default=True)
+@click.option("--features", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="item feature vectors (.npy) to cluster instead of co-occurrence embeddings")
+@click.option("--levels", default=3, show_default=True, help="residual k-means levels (+1 disambiguation level)")
+@click.option("--codes", default=256, show_default=True, help="codes per level")
+@click.option("--seed", default=0, show_default=True)
+def data_prepare(log: Path, out: Path, name: str, user_col: str, item_col: str, time_col: str,
+                 features: Path | None, levels: int, codes: int, seed: int) -> None:
+    """Interaction log LOG (CSV or Parquet: user, item, timestamp) -> 8:1:1 global-time splits and
+    semantic IDs (residual k-means) in OUT."""
+    from atspeed.rec.prepare import prepare_dataset, read_interactions
+
+    frame = read_interactions(log, user_col=user_col, item_col=item_col, time_col=time_col)
+    ds = prepare_dataset(frame, out, name=name, item_features=features, levels=levels,
+                         codes_per_level=codes, seed=seed)
+    click.echo(f"wrote {out}: {ds.num_items} items, {len(ds.users)} users")
+
+
+# ------------------------------------------------------------------------------------------------
+# train
 
 
 @main.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["target", "draft", "tiny"]), default="target", show_default=True,
+              help="model recipe (atspeed.rec.recipes)")
+@click.option("--epochs", default=10.0, show_default=True)
+@click.option("--max-steps", default=-1, show_default=True, help="> 0 overrides --epochs")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True, help="continue from OUT's last checkpoint")
+@click.option("--allow-duplicate-ids", is_flag=True, help="accept an index where items share a semantic ID")
+def train(data_dir: Path, out: Path, kind: str, epochs: float, max_steps: int, batch_size: int, lr: float,
+          seed: int, resume: bool, allow_duplicate_ids: bool) -> None:
+    """Train a recommender from scratch on DATA_DIR's train split; the model lands in OUT/final."""
+    from atspeed.rec.recipes import new_model
+    from atspeed.rec.tokenizer import build_tokenizer
+    from atspeed.rec.train import train as run_training
+
+    ds = load_dataset(data_dir, allow_duplicate_ids=allow_duplicate_ids)
+    tokenizer = build_tokenizer(ds.index)
+    torch.manual_seed(seed)
+    model = new_model(kind, tokenizer)
+    click.echo(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+               f"{ds.name} ({ds.num_items} items)")
+    final = run_training(model, tokenizer, ds, out, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                         lr=lr, seed=seed, resume=resume)
+    click.echo(f"saved {final}")
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate / recommend
+
+
+def _evaluate(data_dir: Path, target: Path, draft: Path | None, ks: list[int], methods: list[str] | None,
+              users: int | None, batch_size: int, draft_beams: int | None, gamma: int, out: Path | None,
+              device: str, dtype: str, split: str, title: str) -> None:
+    """Shared by `evaluate` and `demo`: load, run every method at every K, print and save the table."""
+    from atspeed.rec.evaluate import evaluate_decoding
+    from atspeed.rec.recommend import load_recommender
+    from atspeed.rec.report import format_table, write_report
+
+    ds = load_dataset(data_dir, allow_duplicate_ids=True)
+    cases = eval_cases(ds, split)
+    if users is not None:
+        cases = cases[:users]
+    rec = load_recommender(target, data_dir, draft, device=device, dtype=DTYPES[dtype], allow_duplicate_ids=True)
+    n_target = sum(p.numel() for p in rec.target.parameters())
+    desc = f"{ds.name}: {len(cases)} {split} users, target {n_target / 1e6:.2f} M params"
+    if rec.draft is not None:
+        desc += f", draft {sum(p.numel() for p in rec.draft.parameters()) / 1e6:.2f} M"
+    click.echo(f"{desc}; {device} {dtype}, {torch.get_num_threads()} threads, batch size {batch_size}")
+    rows = evaluate_decoding(rec, cases, ks, methods, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma)
+    click.echo(format_table(rows))
+    if out is not None:
+        meta = {"dataset": ds.name, "synthetic": ds.synthetic, "users": len(cases), "split": split,
+                "target": str(target), "draft": str(draft) if draft else None, "device": device, "dtype": dtype,
+                "batch_size": batch_size, "gamma": gamma, "draft_beams": draft_beams or "2K",
+                "torch": torch.__version__, "threads": torch.get_num_threads()}
+        paths = write_report(rows, out, meta, title=title or desc)
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _eval_options(f):
+    options = [
+        click.option("--ks", default="5,10,20", show_default=True, callback=lambda c, p, v: _ks(v),
+                     help="beam sizes K (one beam search per K)"),
+        click.option("--methods", default=None, callback=lambda c, p, v: v and _methods(v),
+                     help=f"subset of {', '.join(METHODS)} (default: all that apply)"),
+        click.option("--users", type=int, default=None, help="evaluate the first N test users only"),
+        click.option("--batch-size", default=1, show_default=True, help="users decoded together"),
+        click.option("--draft-beams", type=int, default=None, help="draft beams N (default 2K)"),
+        click.option("--gamma", default=3, show_default=True, help="levels drafted per round"),
+        click.option("--device", default="cpu", show_default=True),
+        click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--draft", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@_eval_options
+@click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="folder for results.json, results.csv and results.png")
+def evaluate(data_dir, target, draft, ks, methods, users, batch_size, draft_beams, gamma, device, dtype, split,
+             out) -> None:
+    """Recall@K / NDCG@K and speed of HF beam search, tree attention and speculative decoding, side by side."""
+    _evaluate(data_dir, target, draft, ks, methods, users, batch_size, draft_beams, gamma, out, device, dtype,
+              split, "")
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--draft", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--history", required=True, help="the user's items, oldest first, 1-based as in sequential_*.txt")
+@click.option("-k", "--top-k", "k", default=10, show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default="tree", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def recommend(data_dir: Path, target: Path, draft: Path | None, history: str, k: int, method: str,
+              device: str) -> None:
+    """Print the top-K next items for one history."""
+    from atspeed.rec.recommend import load_recommender
+    from atspeed.rec.recommend import recommend as run
+
+    try:
+        items = [int(x) - 1 for x in history.replace(",", " ").split()]
+    except ValueError:
+        raise click.BadParameter(f"expected item ids like '12 7 301', got {history!r}", param_hint="--history")
+    rec = load_recommender(target, data_dir, draft, device=device, allow_duplicate_ids=True)
+    bad = [i + 1 for i in items if not 0 <= i < rec.num_items]
+    if bad:
+        raise click.BadParameter(f"items {bad} are not in the catalogue (1 … {rec.num_items})",
+                                 param_hint="--history")
+    out = run(rec, [items], k, method=method)
+    click.echo(f"{'rank':>4} {'item':>7} {'score':>9}  semantic ID")
+    for rank, (item, score) in enumerate(zip(out.items[0], out.scores[0].tolist(), strict=True), start=1):
+        click.echo(f"{rank:>4} {item + 1:>7} {score:>9.4f}  {''.join(rec.index[item])}")
+
+
+# ------------------------------------------------------------------------------------------------
+# demo
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="a dataset folder (e.g. ../shared/data/beauty); default: the built-in synthetic dataset")
+@click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="a trained target (default: the committed synthetic model, or train one for --data)")
+@click.option("--draft", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("atspeed-demo"),
+              show_default=True, help="work folder: data, trained models, results.{json,csv,png}")
+@click.option("--users", type=int, default=100, show_default=True, help="test users to evaluate")
+@click.option("--ks", default="5,10,20", show_default=True, callback=lambda c, p, v: _ks(v))
+@click.option("--train-steps", type=int, default=None,
+              help="train target and draft for this many steps instead of using committed weights")
+@click.option("--recipe", type=click.Choice(["default", "tiny"]), default="default", show_default=True,
+              help="tiny: both models from the tiny recipe (fast smoke runs)")
+def demo(data_dir: Path | None, target: Path | None, draft: Path | None, out: Path, users: int, ks: list[int],
+         train_steps: int | None, recipe: str) -> None:
+    """The recommendation demo, offline: data -> target + draft -> HF vs tree attention vs speculative
+    beam search, quality and speed side by side (table, results.json/csv and results.png in OUT)."""
+    out.mkdir(parents=True, exist_ok=True)
+    committed = data_dir is None and train_steps is None and recipe == "default"
+    if data_dir is None:
+        from atspeed.rec.synthetic import write_synthetic
+
+        data_dir = out / "data"
+        write_synthetic(data_dir)
+        click.echo(f"synthetic dataset (not real users) written to {data_dir}")
+    for role, kind in (("target", "target"), ("draft", "draft")):
+        if (target if role == "target" else draft) is not None:
+            continue
+        if committed and (PRETRAINED / f"synthetic-{role}").exists():
+            path = PRETRAINED / f"synthetic-{role}"
+            click.echo(f"{role}: committed weights {path} (see its README for the command that made them)")
+        else:
+            path = _train_for_demo(data_dir, out / role, "tiny" if recipe == "tiny" else kind, train_steps)
+        if role == "target":
+            target = path
+        else:
+            draft = path
+    _evaluate(data_dir, target, draft, ks, None, users, 1, None, 3, out, "cpu", "float32", "test",
+              f"atspeed demo: {data_dir.name}, {users} test users")
+
+
+def _train_for_demo(data_dir: Path, out: Path, kind: str, steps: int | None) -> Path:
+    from atspeed.rec.recipes import new_model
+    from atspeed.rec.tokenizer import build_tokenizer
+    from atspeed.rec.train import train as run_training
+
+    ds = load_dataset(data_dir, allow_duplicate_ids=True)
+    tokenizer = build_tokenizer(ds.index)
+    torch.manual_seed(0)
+    click.echo(f"training {kind} on {ds.name} -> {out}" + (f" ({steps} steps)" if steps else " (10 epochs)"))
+    return run_training(new_model(kind, tokenizer), tokenizer, ds, out, epochs=10, max_steps=steps or -1,
+                        save_steps=max(50, steps or 500), logging_steps=max(1, (steps or 500) // 5))
+
+
+# ------------------------------------------------------------------------------------------------
+# bench
+
+
+@main.group()
+def bench() -> None:
+    """Speed benchmarks (ratios measured side by side in one run)."""
+
+
+@bench.command("decode")
 @click.option("--beams", "-k", default=20, show_default=True, help="beam size K (items returned)")
 @click.option("--draft-beams", "-n", default=40, show_default=True, help="draft beams N")
 @click.option("--gamma", default=3, show_default=True, help="draft length")
 @click.option("--new-tokens", default=4, show_default=True, help="tokens to generate (an item ID is 4)")
 @click.option("--prompt-len", default=84, show_default=True)
 @click.option("--repeats", default=5, show_default=True)
-def demo(beams: int, draft_beams: int, gamma: int, new_tokens: int, prompt_len: int, repeats: int) -> None:
-    """Side by side on a built-in random model pair (no downloads): HF beam search, tree-attention
-    beam search and strict speculative beam search; same outputs, and how long each took."""
+def bench_decode(beams: int, draft_beams: int, gamma: int, new_tokens: int, prompt_len: int, repeats: int) -> None:
+    """HF beam search vs tree attention vs strict speculative beam search on a built-in random model pair
+    (no downloads): same outputs, and how long each took."""
+    from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
+    from atspeed.benchmarking import compare
+    from atspeed.models import draft_target_pair
+
     torch.manual_seed(0)
     target, draft = draft_target_pair("cpu", noise=0.0)
     prompt = torch.randint(3, target.config.vocab_size, (1, prompt_len))
@@ -46,14 +327,23 @@ def demo(beams: int, draft_beams: int, gamma: int, new_tokens: int, prompt_len: 
     hf_ms, hf_out = results["HF generate(num_beams=K)"]
     ref = hf_out.sequences[:, prompt_len:]
     click.echo(f"\n{'method':<26} {'ms':>8} {'speedup':>8}  same top-{beams} as HF")
-    for name, (ms, out) in results.items():
-        seqs = out.sequences if name.startswith("HF") else out["beam_sequences"]
+    for name, (ms, result) in results.items():
+        seqs = result.sequences if name.startswith("HF") else result["beam_sequences"]
         same = torch.equal(seqs[:, prompt_len:], ref)
         click.echo(f"{name:<26} {ms:>8.1f} {hf_ms / ms:>7.2f}x  {'yes' if same else 'NO'}")
     sd = results["speculative (strict)"][1]
     click.echo(f"\nspeculative: {sd['n_run']} round(s), {sd['ave_accept_steps']:.2f} accepted levels per round, "
                f"{sd['target_calls']} target forward call(s)")
-    click.echo("top-3 continuations (token ids): " + "; ".join(str(r.tolist()) for r in ref[:3]))
+
+
+@bench.command("trie", add_help_option=False,
+               context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def bench_trie(ctx: click.Context) -> None:
+    """Per-step cost of the vectorised trie constraint vs HF's prefix_allowed_tokens_fn (options: --help)."""
+    from atspeed.rec.bench_trie import main as run
+
+    run(ctx.args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""Quality and speed together: every decoding method at every K on the same test users.
+
+For each K, each method returns its top-K lists; the row reports Recall@K / NDCG@K, wall time per
+user, target forwards per user, the speedup over HF's beam search, and how many users got a list
+different from HF's. Exact methods (tree, strict speculative) must show 0 mismatches; relaxed
+speculative decoding samples, so its lists are not expected to match (its mismatch count is None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from tqdm.auto import tqdm
+
+from atspeed.rec.data import EvalCase
+from atspeed.rec.metrics import evaluate
+from atspeed.rec.recommend import METHODS, Recommender, recommend
+
+EXACT = ("tree", "speculative")  # must reproduce the reference lists
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    k: int
+    method: str
+    users: int
+    recall: float  # Recall@k
+    ndcg: float  # NDCG@k
+    ms_per_user: float
+    speedup_vs_hf: float | None  # None when HF was not run
+    target_calls_per_user: float
+    accepted_levels_per_round: float | None  # speculative methods only
+    mismatches: int | None  # users whose list differs from the reference's; None if not comparable
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_decoding(
+    rec: Recommender,
+    cases: Sequence[EvalCase],
+    ks: Sequence[int] = (5, 10, 20),
+    methods: Sequence[str] | None = None,
+    *,
+    batch_size: int = 1,
+    draft_beams: int | None = None,
+    gamma: int = 3,
+    seed: int = 0,
+    warmup: int = 2,
+    progress: bool = True,
+) -> list[MethodResult]:
+    """Run every method at every K on `cases`; rows ordered by K, then by `methods`.
+
+    `methods` defaults to every method the recommender can run (speculative ones need a draft).
+    The reference lists are HF's when "hf" is run, else tree attention's. `warmup` users are
+    decoded once, untimed, before each method, so one-off costs do not land on the first method.
+    """
+    if not cases:
+        raise ValueError("No test users to evaluate.")
+    if methods is None:
+        methods = [m for m in METHODS if rec.draft is not None or not m.startswith("speculative")]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
+    histories = [c.history for c in cases]
+    truths = [c.truth for c in cases]
+    reference = "hf" if "hf" in methods else "tree" if "tree" in methods else None
+    rows: list[MethodResult] = []
+    bar = tqdm(total=len(ks) * len(methods), desc="evaluate", unit="run", disable=not progress)
+    for k in ks:
+        runs = {}
+        for method in methods:
+            bar.set_postfix_str(f"K={k} {method}")
+            settings = dict(method=method, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, seed=seed)
+            if warmup:
+                recommend(rec, histories[:warmup], k, **settings)
+            runs[method] = recommend(rec, histories, k, **settings)
+            bar.update()
+        hf_ms = 1e3 * runs["hf"].seconds / len(cases) if "hf" in runs else None
+        for method, out in runs.items():
+            quality = evaluate(out.items, truths, ks=[k])
+            ms = 1e3 * out.seconds / len(cases)
+            comparable = reference is not None and (method in EXACT or method == reference)
+            rows.append(MethodResult(
+                k=k,
+                method=method,
+                users=len(cases),
+                recall=quality[f"recall@{k}"],
+                ndcg=quality[f"ndcg@{k}"],
+                ms_per_user=ms,
+                speedup_vs_hf=hf_ms / ms if hf_ms is not None else None,
+                target_calls_per_user=out.target_calls,
+                accepted_levels_per_round=out.accepted_levels / out.rounds if out.rounds else None,
+                mismatches=_mismatches(out.items, runs[reference].items) if comparable else None,
+            ))
+    bar.close()
+    return rows
+
+
+def _mismatches(lists: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> int:
+    return sum(list(a) != list(b) for a, b in zip(lists, reference, strict=True))

@@ -1,0 +1,103 @@
+"""The command line: every command has --help, and each one runs end to end at a tiny size
+(the demo included, with a few training steps instead of the committed weights)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from atspeed.cli import main
+from atspeed.rec.data import load_dataset
+
+COMMANDS = [[], ["data"], ["data", "synthetic"], ["data", "prepare"], ["train"], ["evaluate"], ["recommend"],
+            ["demo"], ["bench"], ["bench", "decode"]]
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False) if ok else \
+        CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "data"
+    run("data", "synthetic", root, "--items", 128, "--users", 60)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(data_dir):
+    out = data_dir.parent / "tiny"
+    run("train", data_dir, out, "--kind", "tiny", "--max-steps", 3, "--batch-size", 8)
+    return out
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "atspeed")
+def test_every_command_has_help(command):
+    assert "Usage:" in run(*command, "--help").output
+
+
+def test_data_synthetic_writes_a_loadable_dataset(data_dir):
+    ds = load_dataset(data_dir)
+    assert ds.synthetic and ds.num_items == 128 and len(ds.users) == 60
+
+
+def test_data_prepare_turns_a_csv_log_into_a_dataset(tmp_path):
+    log = pd.DataFrame({"user": [u for u in range(20) for _ in range(6)],
+                        "item": [f"i{(u * 3 + j) % 15}" for u in range(20) for j in range(6)],
+                        "timestamp": list(range(120))})
+    log.to_csv(tmp_path / "log.csv", index=False)
+    result = run("data", "prepare", tmp_path / "log.csv", tmp_path / "out", "--name", "shop", "--codes", 8)
+    assert "15 items, 20 users" in result.output
+    assert load_dataset(tmp_path / "out").name == "shop"
+
+
+def test_train_saves_a_final_model_folder(model_dir):
+    assert (model_dir / "final" / "config.json").exists()
+    assert (model_dir / "final" / "tokenizer.json").exists()
+
+
+def test_recommend_prints_k_ranked_items(data_dir, model_dir):
+    out = run("recommend", "--data", data_dir, "--target", model_dir, "--history", "3 17 42", "-k", 4).stdout
+    rows = out.strip().splitlines()[1:]
+    assert [int(r.split()[0]) for r in rows] == [1, 2, 3, 4]
+    assert all(r.split()[-1].startswith("<a_") for r in rows)
+
+
+def test_recommend_refuses_an_unknown_history_item(data_dir, model_dir):
+    result = run("recommend", "--data", data_dir, "--target", model_dir, "--history", "3 999", ok=False)
+    assert result.exit_code == 2 and "items [999] are not in the catalogue (1 … 128)" in result.output
+
+
+def test_evaluate_prints_the_table_and_writes_the_report(data_dir, model_dir, tmp_path):
+    out = run("evaluate", "--data", data_dir, "--target", model_dir, "--draft", model_dir, "--ks", "2,3",
+              "--users", 3, "--out", tmp_path).output
+    assert "speculative-relaxed" in out and "lists != HF" in out
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert len(payload["results"]) == 2 * 4 and payload["meta"]["users"] == 3
+    assert (tmp_path / "results.png").exists() and (tmp_path / "results.csv").exists()
+
+
+def test_evaluate_rejects_a_bad_list_of_ks(data_dir, model_dir):
+    result = run("evaluate", "--data", data_dir, "--target", model_dir, "--ks", "5,x", ok=False)
+    assert result.exit_code == 2 and "expected integers" in result.output
+
+
+def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path):
+    out = run("demo", "--out", tmp_path, "--recipe", "tiny", "--train-steps", 2, "--users", 3, "--ks", "2").output
+    assert "synthetic dataset (not real users)" in out
+    assert "speculative" in out and "tree" in out
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert {r["method"] for r in results} == {"hf", "tree", "speculative", "speculative-relaxed"}
+    assert all(r["mismatches"] == 0 for r in results if r["method"] in ("tree", "speculative"))
+
+
+def test_bench_decode_runs_and_the_outputs_agree():
+    out = run("bench", "decode", "--beams", 4, "--draft-beams", 8, "--prompt-len", 8, "--repeats", 1).output
+    assert "NO" not in out and out.count("yes") == 3
