@@ -4,6 +4,7 @@
     atspeed data synthetic OUT        write the synthetic dataset
     atspeed data prepare LOG OUT      interaction log (CSV/Parquet) -> splits + semantic IDs
     atspeed train DATA OUT            train a target or draft recommender
+    atspeed teacher / align           teacher data, and draft alignment (AtSpeed-S/-R and baselines)
     atspeed evaluate                  Recall/NDCG and speed of every decoding method, table + JSON/CSV/PNG
     atspeed recommend                 top-K items for one history
     atspeed bench decode | trie       speed benchmarks on built-in models
@@ -19,10 +20,9 @@ import click
 import torch
 
 from atspeed.rec.data import eval_cases, load_dataset
-from atspeed.rec.recommend import METHODS
+from atspeed.rec.recommend import METHODS, PRETRAINED
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PRETRAINED = Path(__file__).resolve().parent / "rec" / "pretrained"
 
 
 def _ks(value: str) -> list[int]:
@@ -225,6 +225,93 @@ def recommend(data_dir: Path, target: Path, draft: Path | None, history: str, k:
 
 
 # ------------------------------------------------------------------------------------------------
+# draft alignment
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="cache folder (resumed if unfinished)")
+@click.option("-k", "--top-k", "k", default=20, show_default=True, help="target beams kept per prompt")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--chunk-size", default=1024, show_default=True, help="prompts per resumable chunk")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, chunk_size: int, device: str,
+            dtype: str) -> None:
+    """Teacher data for alignment: the target's top-K items for every training prompt (safetensors, resumable)."""
+    from atspeed.align.teacher import generate_teacher_data
+    from atspeed.rec.recommend import load_recommender
+
+    rec = load_recommender(target, data_dir, device=device, dtype=DTYPES[dtype], allow_duplicate_ids=True)
+    path = generate_teacher_data(rec, load_dataset(data_dir, allow_duplicate_ids=True), out, k=k,
+                                 batch_size=batch_size, chunk_size=chunk_size)
+    click.echo(f"teacher data in {path}")
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--teacher", "teacher_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="teacher data folder (`atspeed teacher`); made here if missing (methods that need it)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="the aligned draft lands in OUT/final, the acceptance history in OUT/history.json")
+@click.option("--method", type=click.Choice(["atspeed-s", "atspeed-r", "wordkd", "tvdkd", "seqkd", "none"]),
+              default="atspeed-s", show_default=True)
+@click.option("--draft", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="start from this draft (default: a fresh model of --kind)")
+@click.option("--kind", type=click.Choice(["draft", "tiny"]), default="draft", show_default=True)
+@click.option("--alpha", default=0.7, show_default=True, help="(1 - alpha) L_rec + alpha L_align")
+@click.option("--top-k", "top_k", default=20, show_default=True, help="AtSpeed-S: the draft's top-k set")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--mask-to-valid/--no-mask-to-valid", default=True, show_default=True,
+              help="compare distributions over the tokens a valid item may take")
+@click.option("--teacher-beams", default=20, show_default=True, help="target beams trained on per prompt")
+@click.option("--on-policy", is_flag=True, help="also align on the draft's own beams")
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--max-steps", type=int, default=None)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--eval-every", default=500, show_default=True, help="steps between acceptance checks")
+@click.option("--eval-users", default=256, show_default=True, help="validation users of each check")
+@click.option("-k", "--beams", "k", default=20, show_default=True, help="K of the acceptance check")
+@click.option("--gamma", default=3, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="device of the teacher-data run")
+def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, method: str, draft: Path | None,
+          kind: str, alpha: float, top_k: int, temperature: float, mask_to_valid: bool, teacher_beams: int,
+          on_policy: bool, epochs: int, max_steps: int | None, batch_size: int, lr: float, seed: int,
+          eval_every: int, eval_users: int, k: int, gamma: int, device: str) -> None:
+    """Train a draft to agree with the target (AtSpeed-S / -R or a baseline); keeps the draft with the best
+    acceptance. Runs under `accelerate launch` too."""
+    from atspeed.align.teacher import TEACHER_FILE, generate_teacher_data, load_teacher_data
+    from atspeed.align.trainer import TEACHER_METHODS, AlignConfig
+    from atspeed.align.trainer import align as run_alignment
+    from atspeed.rec.recipes import new_model
+    from atspeed.rec.recommend import load_recommender
+
+    ds = load_dataset(data_dir, allow_duplicate_ids=True)
+    rec = load_recommender(target, data_dir, draft, device=device, allow_duplicate_ids=True)
+    teacher_data = None
+    if method in TEACHER_METHODS:
+        if teacher_dir is None:
+            raise click.UsageError(f"--method {method} trains on the target's beams: give --teacher DIR.")
+        if not (teacher_dir / TEACHER_FILE).exists():  # made (or resumed) here; a finished one is reused
+            generate_teacher_data(rec, ds, teacher_dir, k=teacher_beams)
+        teacher_data = load_teacher_data(teacher_dir)
+    torch.manual_seed(seed)
+    start = rec.draft if rec.draft is not None else new_model(kind, rec.tokenizer)
+    cfg = AlignConfig(method=method, alpha=alpha, top_k=top_k, temperature=temperature, mask_to_valid=mask_to_valid,
+                      teacher_beams=teacher_beams, on_policy=on_policy, epochs=epochs, max_steps=max_steps,
+                      batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, eval_users=eval_users, k=k,
+                      gamma=gamma)
+    result = run_alignment(rec.target, start, rec.tokenizer, ds, teacher_data, out, cfg)
+    click.echo(f"best acceptance {result.best_acceptance:.3f} levels/round at step {result.best_step}; "
+               f"saved {result.final}")
+
+
+# ------------------------------------------------------------------------------------------------
 # demo
 
 
@@ -238,12 +325,14 @@ def recommend(data_dir: Path, target: Path, draft: Path | None, history: str, k:
               show_default=True, help="work folder: data, trained models, results.{json,csv,png}")
 @click.option("--users", type=int, default=100, show_default=True, help="test users to evaluate")
 @click.option("--ks", default="5,10,20", show_default=True, callback=lambda c, p, v: _ks(v))
+@click.option("--epochs", type=float, default=1.0, show_default=True,
+              help="training epochs when models are trained (with --data, or with --train-steps)")
 @click.option("--train-steps", type=int, default=None,
               help="train target and draft for this many steps instead of using committed weights")
 @click.option("--recipe", type=click.Choice(["default", "tiny"]), default="default", show_default=True,
               help="tiny: both models from the tiny recipe (fast smoke runs)")
 def demo(data_dir: Path | None, target: Path | None, draft: Path | None, out: Path, users: int, ks: list[int],
-         train_steps: int | None, recipe: str) -> None:
+         epochs: float, train_steps: int | None, recipe: str) -> None:
     """The recommendation demo, offline: data -> target + draft -> HF vs tree attention vs speculative
     beam search, quality and speed side by side (table, results.json/csv and results.png in OUT)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +350,7 @@ def demo(data_dir: Path | None, target: Path | None, draft: Path | None, out: Pa
             path = PRETRAINED / f"synthetic-{role}"
             click.echo(f"{role}: committed weights {path} (see its README for the command that made them)")
         else:
-            path = _train_for_demo(data_dir, out / role, "tiny" if recipe == "tiny" else kind, train_steps)
+            path = _train_for_demo(data_dir, out / role, "tiny" if recipe == "tiny" else kind, epochs, train_steps)
         if role == "target":
             target = path
         else:
@@ -270,7 +359,7 @@ def demo(data_dir: Path | None, target: Path | None, draft: Path | None, out: Pa
               f"atspeed demo: {data_dir.name}, {users} test users")
 
 
-def _train_for_demo(data_dir: Path, out: Path, kind: str, steps: int | None) -> Path:
+def _train_for_demo(data_dir: Path, out: Path, kind: str, epochs: float, steps: int | None) -> Path:
     from atspeed.rec.recipes import new_model
     from atspeed.rec.tokenizer import build_tokenizer
     from atspeed.rec.train import train as run_training
@@ -278,8 +367,9 @@ def _train_for_demo(data_dir: Path, out: Path, kind: str, steps: int | None) -> 
     ds = load_dataset(data_dir, allow_duplicate_ids=True)
     tokenizer = build_tokenizer(ds.index)
     torch.manual_seed(0)
-    click.echo(f"training {kind} on {ds.name} -> {out}" + (f" ({steps} steps)" if steps else " (10 epochs)"))
-    return run_training(new_model(kind, tokenizer), tokenizer, ds, out, epochs=10, max_steps=steps or -1,
+    click.echo(f"training {kind} on {ds.name} -> {out} ({f'{steps} steps' if steps else f'{epochs:g} epochs'}; "
+               "resumes if interrupted)")
+    return run_training(new_model(kind, tokenizer), tokenizer, ds, out, epochs=epochs, max_steps=steps or -1,
                         save_steps=max(50, steps or 500), logging_steps=max(1, (steps or 500) // 5))
 
 

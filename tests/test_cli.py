@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from atspeed.cli import main
 from atspeed.rec.data import load_dataset
 
-COMMANDS = [[], ["data"], ["data", "synthetic"], ["data", "prepare"], ["train"], ["evaluate"], ["recommend"],
-            ["demo"], ["bench"], ["bench", "decode"]]
+COMMANDS = [[], ["data"], ["data", "synthetic"], ["data", "prepare"], ["train"], ["teacher"], ["align"],
+            ["evaluate"], ["recommend"], ["demo"], ["bench"], ["bench", "decode"]]
 
 
 def run(*args: str, ok: bool = True):
@@ -101,3 +101,17 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path):
 def test_bench_decode_runs_and_the_outputs_agree():
     out = run("bench", "decode", "--beams", 4, "--draft-beams", 8, "--prompt-len", 8, "--repeats", 1).output
     assert "NO" not in out and out.count("yes") == 3
+
+
+def test_align_trains_a_draft_from_teacher_data_it_makes(data_dir, model_dir, tmp_path):
+    out = run("align", "--data", data_dir, "--target", model_dir, "--teacher", tmp_path / "teacher",
+              "--out", tmp_path / "aligned", "--kind", "tiny", "--teacher-beams", 3, "-k", 3, "--max-steps", 2,
+              "--batch-size", 4, "--eval-users", 2).output
+    assert "best acceptance" in out
+    assert (tmp_path / "teacher" / "teacher.safetensors").exists()
+    assert (tmp_path / "aligned" / "final" / "config.json").exists()
+
+
+def test_align_with_a_teacher_method_needs_a_teacher_folder(data_dir, model_dir, tmp_path):
+    result = run("align", "--data", data_dir, "--target", model_dir, "--out", tmp_path, ok=False)
+    assert result.exit_code == 2 and "give --teacher DIR" in result.output

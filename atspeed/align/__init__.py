@@ -1,4 +1,9 @@
-"""Draft alignment: losses that train the draft model to be accepted more often by the target."""
+"""Draft alignment: train the draft so that the target accepts more of its beams (AtSpeed section 3).
+
+losses.py   the alignment losses (AtSpeed-S, AtSpeed-R) and the paper's baselines
+teacher.py  the target's top-K beams for every training prompt, cached on disk
+trainer.py  the training loop (accelerate), with acceptance checks and best-draft selection
+"""
 
 from atspeed.align.losses import (
     ALIGN_LOSSES,
@@ -11,13 +16,21 @@ from atspeed.align.losses import (
     tvdkd_loss,
     wordkd_loss,
 )
+from atspeed.align.teacher import TeacherData, generate_teacher_data, load_teacher_data
+from atspeed.align.trainer import AlignConfig, AlignResult, align
 
 __all__ = [
     "ALIGN_LOSSES",
+    "AlignConfig",
+    "AlignResult",
+    "TeacherData",
+    "align",
     "atspeed_r_loss",
     "atspeed_s_loss",
     "atspeed_s_terms",
     "combine",
+    "generate_teacher_data",
+    "load_teacher_data",
     "rec_loss",
     "seqkd_loss",
     "tvdkd_loss",

@@ -36,6 +36,8 @@ from atspeed.rec.tokenizer import ItemVocab, decode_items, encode_prompts, item_
 from atspeed.rec.trie import ItemTrie, TrieLogitsProcessor, build_trie
 
 METHODS = ("hf", "tree", "speculative", "speculative-relaxed")
+# small recommenders trained on the synthetic dataset, shipped for the demo (see its README)
+PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 SPECULATIVE = ("speculative", "speculative-relaxed")
 
 

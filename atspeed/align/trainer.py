@@ -1,0 +1,373 @@
+"""Draft alignment: train the draft so that the target accepts more of its beams (AtSpeed, section 3).
+
+Each training example is one `train_samples` entry (a history and its next item). It contributes
+sequences = prompt + answer, the answer being an item's L tokens + EOS:
+
+- the ground-truth item, for L_rec (and the alignment sequence of TVD-KD, as in the paper);
+- the target's top `teacher_beams` items for that history (teacher data), for AtSpeed-S / -R,
+  WordKD and SeqKD;
+- with `on_policy`, also the draft's own top `teacher_beams` items, decoded by the current draft
+  for every batch (one trie-constrained draft beam search per step).
+
+    loss = (1 - alpha) * L_rec(ground truth) + alpha * L_align(alignment sequences)
+
+L_align compares draft and frozen target logits at the L item positions, each restricted to the
+tokens a valid item may take there (the trie, as decoding does) when `mask_to_valid`; SeqKD is
+cross-entropy on the teacher's items; "none" is L_rec alone (the unaligned draft).
+
+Runs under `accelerate launch` as well as in a plain process: the draft, optimizer and data are
+prepared by an `Accelerator`; the target is only moved to the device. Every `eval_every` steps (and
+before and after training) the strict speculative `recommend` runs on the first `eval_users`
+validation users and records accepted levels per round; the draft with the highest acceptance is
+saved as `out_dir/final` (an HF folder with the tokenizer, written atomically), the history as
+`out_dir/history.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from atspeed.align.losses import ALIGN_LOSSES, combine, rec_loss, seqkd_loss
+from atspeed.align.teacher import TeacherData
+from atspeed.rec.data import MAX_HISTORY, RecDataset, eval_cases, train_samples
+from atspeed.rec.recommend import Recommender, build_recommender, recommend
+from atspeed.rec.tokenizer import ItemVocab, encode_prompts
+from atspeed.rec.train import save_final
+from atspeed.rec.trie import ItemTrie, allowed_mask
+
+METHODS = ("atspeed-s", "atspeed-r", "wordkd", "tvdkd", "seqkd", "none")
+TEACHER_METHODS = ("atspeed-s", "atspeed-r", "wordkd", "seqkd")  # align on the target's beams
+ON_POLICY_METHODS = ("atspeed-s", "atspeed-r", "wordkd")  # compare logits on any sequence, the draft's too
+SCHEDULES = {"linear": "linear", "constant": "constant_with_warmup"}  # ours -> transformers.get_scheduler
+
+
+@dataclass
+class AlignConfig:
+    method: str = "atspeed-s"  # one of METHODS
+    alpha: float = 0.7  # weight of L_align; 1 - alpha weighs L_rec
+    top_k: int = 20  # AtSpeed-S: size of the draft's top-k set S
+    temperature: float = 1.0
+    mask_to_valid: bool = True  # compare distributions over the trie's valid tokens only
+    teacher_beams: int = 20  # train on the target's top teacher_beams items (<= teacher K)
+    on_policy: bool = False  # also align on the draft's own top teacher_beams items
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (None: all epochs)
+    batch_size: int = 16  # training examples (histories) per step; each gives 1 + teacher_beams sequences
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "linear"  # "linear" (warmup, then linear decay to 0) or "constant" (after warmup)
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    eval_every: int = 500  # steps between acceptance checks; 0: only before and after training
+    eval_users: int = 256  # the first eval_users validation users
+    eval_batch_size: int = 1  # a batch accepts a level only if all its users do: 1 measures per-user acceptance
+    k: int = 20  # beams K of the acceptance check
+    draft_beams: int | None = None  # draft beams N of the acceptance check (default 2K)
+    gamma: int = 3  # drafted levels per round in the acceptance check
+
+
+@dataclass
+class AlignResult:
+    final: Path  # out_dir/final: the draft with the best acceptance
+    history: list[dict]  # one entry per acceptance check: step, acceptance, target_calls, loss
+    losses: list[float] = field(default_factory=list)  # training loss of every step
+    best_step: int = 0
+    best_acceptance: float = float("-inf")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sample: a history, its true next item, and the target's best items for it."""
+
+    history: tuple[int, ...]
+    target: int
+    beams: tuple[int, ...]  # teacher items, best first (empty when the method needs none)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A batch of sequences: the first n_gt rows hold ground-truth answers, the rest alignment ones."""
+
+    input_ids: Tensor  # [R, S] left-padded prompt, then the answer
+    attention_mask: Tensor  # [R, S]
+    answers: Tensor  # [R, L + 1] the answer: L item tokens + EOS (the last L + 1 columns of input_ids)
+    n_gt: int
+
+    def to(self, device: torch.device | str) -> Rows:
+        return replace(self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
+                       answers=self.answers.to(device))
+
+
+# ---------------------------------------------------------------------------------------------
+# checks and data
+# ---------------------------------------------------------------------------------------------
+
+
+def check_config(cfg: AlignConfig, teacher: TeacherData | None) -> None:
+    """Refuse settings that cannot train, with the fix in the message."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"Unknown alignment method {cfg.method!r}; choose one of {', '.join(METHODS)}.")
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (the weight of L_align), got {cfg.alpha}.")
+    if cfg.method in TEACHER_METHODS:
+        if teacher is None:
+            raise ValueError(f"Method {cfg.method!r} trains on the target's beams: pass teacher data "
+                             "(atspeed.align.teacher.generate_teacher_data).")
+        if not 1 <= cfg.teacher_beams <= teacher.k:
+            raise ValueError(f"teacher_beams={cfg.teacher_beams} must be between 1 and the teacher data's "
+                             f"K={teacher.k}; lower it or regenerate the teacher data with a larger K.")
+    if cfg.on_policy and cfg.method not in ON_POLICY_METHODS:
+        raise ValueError(f"on_policy needs a method that compares logits on any sequence "
+                         f"({', '.join(ON_POLICY_METHODS)}), not {cfg.method!r}.")
+    if cfg.on_policy and cfg.teacher_beams < 1:
+        raise ValueError(f"on_policy decodes teacher_beams draft items; teacher_beams must be >= 1, "
+                         f"got {cfg.teacher_beams}.")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+    if not cfg.temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {cfg.temperature}.")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None, got {cfg.max_steps}.")
+    for name in ("top_k", "epochs", "batch_size", "eval_users", "eval_batch_size", "k", "gamma"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
+    if cfg.eval_every < 0 or cfg.warmup_steps < 0:
+        raise ValueError(f"eval_every and warmup_steps must be >= 0, got {cfg.eval_every}, {cfg.warmup_steps}.")
+
+
+def training_examples(dataset: RecDataset, teacher: TeacherData | None, beams: int) -> list[Example]:
+    """One Example per train sample; `beams` teacher items each (none without teacher data)."""
+    max_history = teacher.meta.get("max_history", MAX_HISTORY) if teacher is not None else MAX_HISTORY
+    samples = train_samples(dataset, max_history)
+    if teacher is None:
+        return [Example(s.history, s.target, ()) for s in samples]
+    if teacher.meta.get("dataset", dataset.name) != dataset.name:
+        raise ValueError(f"The teacher data was made for dataset {teacher.meta['dataset']!r}, "
+                         f"not {dataset.name!r}.")
+    rows = teacher.rows()
+    missing = [s.history for s in samples if s.history not in rows]
+    if missing:
+        raise ValueError(f"{len(missing)} training histories have no teacher lists (e.g. {missing[0]}): the teacher "
+                         "data was made from other training data. Regenerate it for this dataset.")
+    items = teacher.items[:, :beams].tolist()  # [P][beams]
+    return [Example(s.history, s.target, tuple(items[rows[s.history]])) for s in samples]
+
+
+def encode_rows(vocab: ItemVocab, histories: Sequence[Sequence[int]], items: Sequence[int]) -> Rows:
+    """Sequences prompt + item tokens + EOS, left-padded, so every answer sits in the last L + 1 columns."""
+    prompt_ids, prompt_mask = encode_prompts(vocab, histories)  # [R, n]
+    eos = torch.full((len(items), 1), vocab.eos_token_id, dtype=torch.int64)
+    answers = torch.cat([vocab.tokens[list(items)], eos], dim=1)  # [R, L + 1]
+    input_ids = torch.cat([prompt_ids, answers], dim=1)  # [R, n + L + 1]
+    attention_mask = torch.cat([prompt_mask, torch.ones_like(answers)], dim=1)  # [R, n + L + 1]
+    return Rows(input_ids, attention_mask, answers, n_gt=0)
+
+
+def batch_rows(vocab: ItemVocab, batch: Sequence[Example], extra: Sequence[Sequence[int]] = ()) -> Rows:
+    """Ground-truth rows first, then each example's teacher items, then `extra[b]` items per example
+    (the on-policy ones)."""
+    histories = [e.history for e in batch]
+    items = [e.target for e in batch]
+    for b, e in enumerate(batch):
+        more = (*e.beams, *(extra[b] if extra else ()))
+        histories += [e.history] * len(more)
+        items += more
+    return replace(encode_rows(vocab, histories, items), n_gt=len(batch))
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss
+# ---------------------------------------------------------------------------------------------
+
+
+def answer_logits(model: PreTrainedModel, rows: Rows) -> Tensor:
+    """[R, L + 1, V]: the logits that predict each answer token (L item tokens, then EOS).
+
+    Positions count from each row's first real token, as generate() does with left padding, and
+    only the last L + 2 positions are projected onto the vocabulary."""
+    n = rows.answers.shape[1]  # L + 1
+    position_ids = (rows.attention_mask.cumsum(-1) - 1).clamp(min=0)  # [R, S]
+    out = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, position_ids=position_ids,
+                use_cache=False, logits_to_keep=n + 1)
+    return out.logits[:, :-1]  # [R, L + 1, V]: logits at column S-L-2+t predict answer token t
+
+
+def answer_allowed(trie: ItemTrie, items: Tensor, vocab_size: int) -> Tensor:
+    """[R, L, V] bool: the tokens a valid item may take at each item position, given the ones before."""
+    return torch.stack([allowed_mask(trie, items[:, :t], vocab_size) for t in range(items.shape[1])], dim=1)
+
+
+def batch_loss(
+    draft: PreTrainedModel, target: PreTrainedModel, rows: Rows, cfg: AlignConfig, trie: ItemTrie
+) -> tuple[Tensor, dict[str, float]]:
+    """(1 - alpha) * L_rec + alpha * L_align on one batch; also both parts as floats, for logging."""
+    L = trie.id_length
+    logits = answer_logits(draft, rows)  # [R, L + 1, V]
+    gt, rest = slice(0, rows.n_gt), slice(rows.n_gt, None)
+    rec = rec_loss(logits[gt], rows.answers[gt])
+    if cfg.method == "none":
+        return rec, {"rec": rec.item()}
+    if cfg.method == "seqkd":
+        align = seqkd_loss(logits[rest], rows.answers[rest])
+    else:
+        on = gt if cfg.method == "tvdkd" else rest  # TVD-KD aligns on ground truth, the others on beams
+        with torch.no_grad():
+            target_logits = answer_logits(target, Rows(rows.input_ids[on], rows.attention_mask[on],
+                                                       rows.answers[on], 0))  # [N, L + 1, V]
+        items = rows.answers[on, :L]  # [N, L]
+        allowed = answer_allowed(trie, items, logits.shape[-1]) if cfg.mask_to_valid else None  # [N, L, V]
+        mask = torch.ones(items.shape, dtype=torch.bool, device=items.device)  # [N, L]: every item token counts
+        extra = {"top_k": cfg.top_k} if cfg.method == "atspeed-s" else {}
+        align = ALIGN_LOSSES[cfg.method](logits[on, :L], target_logits[:, :L], mask,
+                                         temperature=cfg.temperature, allowed=allowed, **extra)
+    return combine(rec, align, cfg.alpha), {"rec": rec.item(), "align": align.item()}
+
+
+# ---------------------------------------------------------------------------------------------
+# acceptance
+# ---------------------------------------------------------------------------------------------
+
+
+def acceptance(
+    rec: Recommender, histories: Sequence[Sequence[int]], cfg: AlignConfig, accelerator: Accelerator | None = None
+) -> dict[str, float]:
+    """Strict speculative recommend with rec.draft: accepted levels per round, target calls per user.
+
+    Under several processes each decodes its share of `histories` and the counts are summed."""
+    share = histories
+    if accelerator is not None and accelerator.num_processes > 1:
+        n = -(-len(histories) // accelerator.num_processes)
+        share = histories[accelerator.process_index * n : (accelerator.process_index + 1) * n]
+    counts = torch.zeros(4, dtype=torch.float64)  # accepted levels, rounds, target calls, users
+    if share:
+        out = recommend(rec, share, cfg.k, method="speculative", batch_size=cfg.eval_batch_size,
+                        draft_beams=cfg.draft_beams, gamma=cfg.gamma)
+        counts += torch.tensor([out.accepted_levels, out.rounds, out.target_calls * len(share), len(share)],
+                               dtype=torch.float64)
+    if accelerator is not None and accelerator.num_processes > 1:
+        counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
+    accepted, rounds, calls, users = counts.tolist()
+    return {"acceptance": accepted / max(rounds, 1.0), "target_calls": calls / max(users, 1.0)}
+
+
+def on_policy_items(rec: Recommender, draft: PreTrainedModel, batch: Sequence[Example], beams: int) -> list[list[int]]:
+    """The current draft's own top-`beams` items for each example's history (trie-constrained beam search)."""
+    was_training = draft.training
+    out = recommend(replace(rec, target=draft.eval(), draft=None), [e.history for e in batch], beams,
+                    method="tree", batch_size=len(batch))
+    draft.train(was_training)
+    return out.items
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+
+def align(
+    target: PreTrainedModel,
+    draft: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: RecDataset,
+    teacher: TeacherData | None,
+    out_dir: str | os.PathLike,
+    cfg: AlignConfig | None = None,
+) -> AlignResult:
+    """Train `draft` in place to agree with the frozen `target`; save the best draft as `out_dir/final`.
+
+    `draft` may be fresh (`new_model("draft", tokenizer)`) or an already trained, unaligned draft.
+    `teacher` is required by the methods that align on the target's beams (TEACHER_METHODS).
+    """
+    cfg = cfg or AlignConfig()
+    check_config(cfg, teacher)
+    examples = training_examples(dataset, teacher if cfg.method in TEACHER_METHODS else None, cfg.teacher_beams)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    accelerator = Accelerator()
+    set_seed(cfg.seed)
+    target = target.to(accelerator.device)
+    rec = build_recommender(target, tokenizer, dataset.index, draft)  # checks both vocabularies; trie on device
+    valid = [c.history for c in eval_cases(dataset, "valid")[: cfg.eval_users]]
+    loader = DataLoader(examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=list,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    optimizer = torch.optim.AdamW(draft.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer, loader = accelerator.prepare(draft.train(), optimizer, loader)
+    steps = len(loader) * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, len(loader) * cfg.epochs)
+    scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=steps)
+    result = AlignResult(final=out_dir / "final", history=[])
+    recent: list[float] = []  # losses since the last check
+
+    def check(step: int) -> None:
+        unwrapped = accelerator.unwrap_model(model)
+        stats = acceptance(replace(rec, draft=unwrapped.eval()), valid, cfg, accelerator)
+        unwrapped.train()
+        loss = sum(recent) / len(recent) if recent else None
+        result.history.append({"step": step, **stats, "loss": loss})
+        recent.clear()
+        if stats["acceptance"] > result.best_acceptance:
+            result.best_step, result.best_acceptance = step, stats["acceptance"]
+            if accelerator.is_main_process:
+                save_final(unwrapped, tokenizer, out_dir)
+        if accelerator.is_main_process:
+            _write_json(out_dir / "history.json", {"config": asdict(cfg), "best_step": result.best_step,
+                                                   "best_acceptance": result.best_acceptance,
+                                                   "history": result.history})
+        accelerator.wait_for_everyone()
+
+    check(0)  # the starting draft: the baseline, and the result if training never beats it
+    step = 0
+    with tqdm(total=steps, desc=f"align {cfg.method}", unit="step",
+              disable=not accelerator.is_local_main_process) as bar:
+        for _ in range(cfg.epochs):
+            for batch in loader:
+                if step == steps:
+                    break
+                extra: list[list[int]] = []
+                if cfg.on_policy:  # decoded afresh for every batch, by the draft as it is now
+                    extra = on_policy_items(rec, accelerator.unwrap_model(model), batch, cfg.teacher_beams)
+                rows = batch_rows(rec.vocab, batch, extra).to(accelerator.device)
+                loss, parts = batch_loss(model, target, rows, cfg, rec.trie)
+                accelerator.backward(loss)
+                if cfg.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                step += 1
+                result.losses.append(accelerator.reduce(loss.detach(), "mean").item())
+                recent.append(result.losses[-1])
+                bar.update(1)
+                bar.set_postfix(loss=f"{result.losses[-1]:.4f}", **{k: f"{v:.4f}" for k, v in parts.items()})
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    check(step)
+    if result.history[-1]["step"] != step:
+        check(step)
+    return result
+
+
+def _write_json(path: Path, value: object) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
