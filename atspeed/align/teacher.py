@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from atspeed.files import write_bytes
 from atspeed.rec.data import MAX_HISTORY, RecDataset, train_samples
 from atspeed.rec.recommend import Recommender, recommend
 
@@ -141,7 +141,7 @@ def save_chunk(out_dir: str | os.PathLike, index: int, tensors: dict[str, Tensor
     """Write chunk `index` atomically: a file under its name is always complete."""
     path = chunk_path(out_dir, index)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, save({name: t.contiguous() for name, t in tensors.items()}))
+    write_bytes(path, save({name: t.contiguous() for name, t in tensors.items()}))
     return path
 
 
@@ -149,18 +149,6 @@ def pending_chunks(out_dir: str | os.PathLike, plan: Sequence[range]) -> list[in
     """Indices of the chunks in `plan` that have no file yet."""
     return [i for i in range(len(plan)) if not chunk_path(out_dir, i).exists()]
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the data is not
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +164,7 @@ def open_cache(out_dir: str | os.PathLike, meta: dict) -> Path:
     if path.exists():
         _check_meta(json.loads(path.read_text()), meta, out_dir)
     else:
-        _write_atomically(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return out_dir
 
 
@@ -218,7 +206,7 @@ def merge_chunks(out_dir: str | os.PathLike, prompts: Sequence[Sequence[int]]) -
         "items": torch.cat([p["items"] for p in parts]),  # [P, K]
         "scores": torch.cat([p["scores"] for p in parts]),  # [P, K]
     }
-    _write_atomically(out_dir / TEACHER_FILE, save(tensors, metadata={"format": FORMAT}))
+    write_bytes(out_dir / TEACHER_FILE, save(tensors, metadata={"format": FORMAT}))
     shutil.rmtree(out_dir / CHUNK_DIR, ignore_errors=True)
     return out_dir
 

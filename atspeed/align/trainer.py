@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,6 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from atspeed.align.losses import ALIGN_LOSSES, combine, rec_loss, seqkd_loss
 from atspeed.align.teacher import TeacherData
+from atspeed.files import write_text
 from atspeed.rec.data import MAX_HISTORY, RecDataset, eval_cases, train_samples
 from atspeed.rec.recommend import Recommender, build_recommender, recommend
 from atspeed.rec.tokenizer import ItemVocab, encode_prompts
@@ -362,12 +362,4 @@ def align(
 
 
 def _write_json(path: Path, value: object) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_text(path, json.dumps(value, indent=2, default=str) + "\n")

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from atspeed.files import write_texts
 
 SPLITS = ("train", "valid", "test")
 MAX_HISTORY = 20  # the paper's code truncates histories to the last 20 items
@@ -227,7 +228,7 @@ def save_dataset(
         contents["meta.json"] = json.dumps(ds.meta, indent=2, sort_keys=True) + "\n"
     if readme is not None:
         contents["README.txt"] = readme
-    _write_all_atomically(root, contents)
+    write_texts(root, contents)
     return root
 
 
@@ -243,21 +244,3 @@ def _split_text(seqs: Mapping[int, Sequence[int]], users: Iterable[int], num_ite
             raise ValueError(f"user {u}: item ids must be 0 … {num_items - 1} in memory, got {list(items)}.")
         lines.append(" ".join(str(x) for x in (u, *(i + 1 for i in items))))
     return "".join(line + "\n" for line in lines)
-
-
-def _write_all_atomically(root: Path, contents: Mapping[str, str]) -> None:
-    temps: list[Path] = []
-    try:
-        for name, text in contents.items():
-            fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".tmp")
-            temps.append(Path(tmp))
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the data is not
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, name in zip(temps, contents, strict=True):
-            os.replace(tmp, root / name)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)

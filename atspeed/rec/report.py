@@ -1,13 +1,12 @@
 """The evaluation table in the terminal, as JSON and CSV, and as a PNG plot.
 
-Files are written next to each other under one folder, each atomically (temp file, then rename).
+Files are written next to each other under one folder, each atomically (atspeed.files).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from atspeed.files import write_text, write_with
 from atspeed.rec.evaluate import MethodResult
 
 COLUMNS = {
@@ -67,7 +67,7 @@ def plot(rows: Sequence[MethodResult], path: str | os.PathLike, title: str = "")
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     return path
 
@@ -79,18 +79,7 @@ def write_report(rows: Sequence[MethodResult], out_dir: str | os.PathLike, meta:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "png": out_dir / "results.png"}
     payload = {"meta": meta or {}, "results": [r.as_dict() for r in rows]}
-    _atomic(paths["json"], lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
-    _atomic(paths["csv"], lambda tmp: results_frame(rows).to_csv(tmp, index=False))
+    write_text(paths["json"], json.dumps(payload, indent=2) + "\n")
+    write_with(paths["csv"], lambda tmp: results_frame(rows).to_csv(tmp, index=False))
     plot(rows, paths["png"], title)
     return paths
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -18,9 +18,6 @@ versions accept with the same meaning (safetensors is the default in both, so it
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -30,6 +27,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from atspeed.files import write_dir
 from atspeed.rec.data import MAX_HISTORY, RecDataset, Sample, train_samples
 from atspeed.rec.tokenizer import ItemVocab, encode_history, item_vocab
 
@@ -125,18 +123,9 @@ def train(
 
 def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike) -> Path:
     """`save_pretrained` model and tokenizer into `out_dir/final`, atomically (temp folder, then rename)."""
-    out_dir = Path(out_dir)
-    final = out_dir / "final"
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".final."))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model is not
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        old = out_dir / f".final-old-{uuid.uuid4().hex}"
-        if final.exists():
-            os.replace(final, old)  # a directory cannot be renamed over a non-empty one
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return write_dir(Path(out_dir) / "final", write)

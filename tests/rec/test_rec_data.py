@@ -190,7 +190,7 @@ def test_crash_while_writing_leaves_old_files_and_no_temporaries(tmp_path, monke
         if len(calls) == 2:
             raise OSError("disk full")
 
-    monkeypatch.setattr("atspeed.rec.data.os.fsync", failing_fsync)
+    monkeypatch.setattr("atspeed.files.os.fsync", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         save_dataset(ds, root)
     assert {p.name: p.read_bytes() for p in root.iterdir()} == before
