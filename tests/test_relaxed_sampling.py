@@ -238,3 +238,21 @@ def test_accept_any_never_fills_with_a_node_it_already_accepted():
     for seed in range(50):
         (_, idx), _ = accept_any(log_probs, running, level, beam_node, torch.Generator().manual_seed(seed))
         assert len(set(idx[0].tolist())) == K
+
+
+def test_accept_any_fills_with_impossible_continuations_when_a_constraint_leaves_too_few():
+    """Only 2 tokens are possible and both are drafted and accepted, but K = 3 beams must be kept:
+    the third is a -inf candidate (as in beam search), never an error."""
+    from atspeed.decoding.relaxed import DraftLevel, accept_any
+
+    V, K = 4, 3
+    logits = torch.tensor([0.0, 0.0, -float("inf"), -float("inf")])
+    log_probs = torch.log_softmax(logits, -1).expand(1, K, V).clone()
+    running = torch.tensor([[0.0, -1e9, -1e9]])  # one live beam, as at the first step
+    q = torch.zeros(1, 5, V)
+    q[0, 0, :3] = 0.25  # q <= p on tokens 0 and 1: always accepted; token 2 (p = 0): never
+    level = DraftLevel(tokens=torch.tensor([[0, 1, 2]]), parents=torch.tensor([[0, 0, 0]]), q=q)
+    (scores, idx), all_drafted = accept_any(log_probs, running, level, torch.tensor([[0, 1, 2]]),
+                                            torch.Generator().manual_seed(0))
+    assert not all_drafted
+    assert set(idx[0, :2].tolist()) == {0, 1} and scores[0, 2] < -1e8
