@@ -6,7 +6,7 @@
     atspeed train DATA OUT            train a target or draft recommender
     atspeed teacher / align           teacher data, and draft alignment (AtSpeed-S/-R and baselines)
     atspeed evaluate                  Recall/NDCG and speed of every decoding method, table + JSON/CSV/PNG
-    atspeed recommend                 top-K items for one history
+    atspeed recommend                 top-K items for one history, or a batch job (in-process or Ray Data)
     atspeed bench decode | trie       speed benchmarks on built-in models
 
 Item ids on the command line are the ones in `sequential_*.txt` (1-based); the Python API is 0-based.
@@ -199,20 +199,42 @@ def evaluate(data_dir, target, draft, ks, methods, users, batch_size, draft_beam
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--draft", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
-@click.option("--history", required=True, help="the user's items, oldest first, 1-based as in sequential_*.txt")
+@click.option("--history", default=None, help="one user's items, oldest first, 1-based as in sequential_*.txt")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="batch job: users.parquet or users.jsonl with columns user, history (1-based items)")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="batch job: lists.parquet (user, items, scores); bad rows go to lists.errors.parquet")
 @click.option("-k", "--top-k", "k", default=10, show_default=True)
 @click.option("--method", type=click.Choice(METHODS), default="tree", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def recommend(data_dir: Path, target: Path, draft: Path | None, history: str, k: int, method: str,
-              device: str) -> None:
-    """Print the top-K next items for one history."""
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="batch job: in this process, or on Ray Data (a pool of actors)")
+@click.option("--batch-size", default=16, show_default=True, help="users decoded together")
+@click.option("--actors", default=1, show_default=True, help="Ray: actors, each loads the models once")
+@click.option("--gpus-per-actor", default=0.0, show_default=True)
+@click.option("--cpus-per-actor", default=1.0, show_default=True)
+@click.option("--ray-address", default=None, help="Ray: a running cluster (default: start a local one)")
+@click.option("--overwrite", is_flag=True, help="batch job: replace an existing output (atomically)")
+def recommend(data_dir: Path, target: Path, draft: Path | None, history: str | None, input_path: Path | None,
+              output: Path | None, k: int, method: str, device: str, engine: str, batch_size: int, actors: int,
+              gpus_per_actor: float, cpus_per_actor: float, ray_address: str | None, overwrite: bool) -> None:
+    """Top-K next items: for one --history (printed), or for every user of --input (written to --output)."""
+    if (history is None) == (input_path is None):
+        raise click.UsageError("give exactly one of --history (one user) or --input (a batch job).")
+    if input_path is not None:
+        if output is None:
+            raise click.UsageError("--input needs --output (a .parquet file).")
+        _recommend_batch(input_path, output, target, data_dir, draft, k, method, batch_size, device, engine,
+                         actors, gpus_per_actor, cpus_per_actor, ray_address, overwrite)
+        return
     from atspeed.rec.recommend import load_recommender
     from atspeed.rec.recommend import recommend as run
 
     try:
         items = [int(x) - 1 for x in history.replace(",", " ").split()]
     except ValueError:
-        raise click.BadParameter(f"expected item ids like '12 7 301', got {history!r}", param_hint="--history")
+        raise click.BadParameter(f"expected item ids like '12 7 301', got {history!r}",
+                                 param_hint="--history") from None
     rec = load_recommender(target, data_dir, draft, device=device, allow_duplicate_ids=True)
     bad = [i + 1 for i in items if not 0 <= i < rec.num_items]
     if bad:
@@ -222,6 +244,27 @@ def recommend(data_dir: Path, target: Path, draft: Path | None, history: str, k:
     click.echo(f"{'rank':>4} {'item':>7} {'score':>9}  semantic ID")
     for rank, (item, score) in enumerate(zip(out.items[0], out.scores[0].tolist(), strict=True), start=1):
         click.echo(f"{rank:>4} {item + 1:>7} {score:>9.4f}  {''.join(rec.index[item])}")
+
+
+def _recommend_batch(input_path: Path, output: Path, target: Path, data_dir: Path, draft: Path | None, k: int,
+                     method: str, batch_size: int, device: str, engine: str, actors: int, gpus_per_actor: float,
+                     cpus_per_actor: float, ray_address: str | None, overwrite: bool) -> None:
+    settings = dict(k=k, method=method, batch_size=batch_size, overwrite=overwrite, allow_duplicate_ids=True)
+    try:
+        if engine == "ray":
+            from atspeed.rec.ray_engine import run_ray
+
+            result = run_ray(input_path, output, target, data_dir, draft, num_actors=actors,
+                             num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor,
+                             address=ray_address, **settings)
+        else:
+            from atspeed.rec.batch import run_local
+
+            result = run_local(input_path, output, target, data_dir, draft, device=device, **settings)
+    except (FileExistsError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{result.users} users -> {result.output}; {result.errors} bad rows -> {result.errors_output}; "
+               f"{result.users_per_second:.1f} users/s ({engine})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -355,8 +398,7 @@ def demo(data_dir: Path | None, target: Path | None, draft: Path | None, out: Pa
             target = path
         else:
             draft = path
-    _evaluate(data_dir, target, draft, ks, None, users, 1, None, 3, out, "cpu", "float32", "test",
-              f"atspeed demo: {data_dir.name}, {users} test users")
+    _evaluate(data_dir, target, draft, ks, None, users, 1, None, 3, out, "cpu", "float32", "test", "")
 
 
 def _train_for_demo(data_dir: Path, out: Path, kind: str, epochs: float, steps: int | None) -> Path:

@@ -115,3 +115,29 @@ def test_align_trains_a_draft_from_teacher_data_it_makes(data_dir, model_dir, tm
 def test_align_with_a_teacher_method_needs_a_teacher_folder(data_dir, model_dir, tmp_path):
     result = run("align", "--data", data_dir, "--target", model_dir, "--out", tmp_path, ok=False)
     assert result.exit_code == 2 and "give --teacher DIR" in result.output
+
+
+def test_recommend_runs_a_batch_job_and_reports_bad_rows(data_dir, model_dir, tmp_path):
+    users = tmp_path / "users.jsonl"
+    users.write_text('{"user": "a", "history": [3, 17]}\n{"user": "b", "history": [999]}\nnot json\n')
+    out = run("recommend", "--data", data_dir, "--target", model_dir, "--input", users,
+              "--output", tmp_path / "lists.parquet", "-k", 3).stdout
+    assert "1 users ->" in out and "2 bad rows ->" in out
+    lists = pd.read_parquet(tmp_path / "lists.parquet")
+    assert list(lists["user"]) == ["a"] and len(lists["items"][0]) == 3
+
+
+def test_recommend_refuses_to_overwrite_a_batch_output_without_the_flag(data_dir, model_dir, tmp_path):
+    users = tmp_path / "users.jsonl"
+    users.write_text('{"user": 1, "history": [3]}\n')
+    args = ["recommend", "--data", data_dir, "--target", model_dir, "--input", users,
+            "--output", tmp_path / "lists.parquet"]
+    run(*args)
+    result = run(*args, ok=False)
+    assert result.exit_code == 1 and "exists" in result.output
+    run(*args, "--overwrite")
+
+
+def test_recommend_needs_exactly_one_of_history_and_input(data_dir, model_dir):
+    result = run("recommend", "--data", data_dir, "--target", model_dir, ok=False)
+    assert result.exit_code == 2 and "exactly one of --history" in result.output

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from atspeed.rec.data import RecDataset, load_dataset
+from atspeed.rec.recipes import new_model
 from atspeed.rec.synthetic import write_synthetic
 from atspeed.rec.tokenizer import ItemVocab, build_tokenizer, item_vocab
+from atspeed.rec.train import save_final
 from atspeed.rec.trie import ItemTrie, build_trie
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,3 +50,13 @@ def beauty_dir() -> Path:
     if not (BEAUTY / "beauty.index.json").exists():
         pytest.skip(f"Beauty dataset not found at {BEAUTY}")
     return BEAUTY
+
+
+@pytest.fixture(scope="session")
+def target_dir(tokenizer, tmp_path_factory) -> Path:
+    """A saved random tiny target (model + tokenizer folder)."""
+    torch.manual_seed(3)
+    model = new_model("tiny", tokenizer)
+    with torch.no_grad():  # a random tiny model is nearly uniform: spread its scores to avoid ties
+        model.lm_head.weight.mul_(20.0)
+    return save_final(model, tokenizer, tmp_path_factory.mktemp("target"))
