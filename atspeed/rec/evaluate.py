@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from atspeed.rec.data import EvalCase
 from atspeed.rec.metrics import evaluate
-from atspeed.rec.recommend import METHODS, Recommender, recommend
+from atspeed.rec.recommend import METHODS, Recommender, merge, recommend
 
 EXACT = ("tree", "speculative")  # must reproduce the reference lists
 
@@ -54,7 +54,9 @@ def evaluate_decoding(
 
     `methods` defaults to every method the recommender can run (speculative ones need a draft).
     The reference lists are HF's when "hf" is run, else tree attention's. `warmup` users are
-    decoded once, untimed, before each method, so one-off costs do not land on the first method.
+    decoded once, untimed, before each method, so one-off costs do not land on the first method;
+    then the methods take turns on each slice of `batch_size` users, so that changes in machine load
+    during the run hit every method alike (the speedups are ratios measured side by side).
     """
     if not cases:
         raise ValueError("No test users to evaluate.")
@@ -67,16 +69,21 @@ def evaluate_decoding(
     truths = [c.truth for c in cases]
     reference = "hf" if "hf" in methods else "tree" if "tree" in methods else None
     rows: list[MethodResult] = []
-    bar = tqdm(total=len(ks) * len(methods), desc="evaluate", unit="run", disable=not progress)
+    slices = range(0, len(histories), batch_size)
+    bar = tqdm(total=len(ks) * len(slices), desc="evaluate", unit="batch", disable=not progress)
     for k in ks:
-        runs = {}
+        bar.set_postfix_str(f"K={k}")
+        settings = {"batch_size": batch_size, "draft_beams": draft_beams, "gamma": gamma}
         for method in methods:
-            bar.set_postfix_str(f"K={k} {method}")
-            settings = dict(method=method, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma, seed=seed)
             if warmup:
-                recommend(rec, histories[:warmup], k, **settings)
-            runs[method] = recommend(rec, histories, k, **settings)
+                recommend(rec, histories[:warmup], k, method=method, seed=seed, **settings)
+        parts: dict[str, list] = {m: [] for m in methods}
+        for i, start in enumerate(slices):  # methods take turns on each slice: load drifts hit all alike
+            for method in methods:
+                chunk = histories[start : start + batch_size]
+                parts[method].append(recommend(rec, chunk, k, method=method, seed=seed + i, **settings))
             bar.update()
+        runs = {m: merge(p) for m, p in parts.items()}
         hf_ms = 1e3 * runs["hf"].seconds / len(cases) if "hf" in runs else None
         for method, out in runs.items():
             quality = evaluate(out.items, truths, ks=[k])

@@ -70,6 +70,20 @@ class Recommendations:
     per_batch: list[dict] = field(default_factory=list)
 
 
+def merge(parts: Sequence[Recommendations]) -> Recommendations:
+    """One result from the results of consecutive user slices (in order)."""
+    users = [len(p.items) for p in parts]
+    return Recommendations(
+        items=[items for p in parts for items in p.items],
+        scores=torch.cat([p.scores for p in parts]),
+        seconds=sum(p.seconds for p in parts),
+        target_calls=sum(p.target_calls * n for p, n in zip(parts, users, strict=True)) / max(1, sum(users)),
+        rounds=sum(p.rounds for p in parts),
+        accepted_levels=sum(p.accepted_levels for p in parts),
+        per_batch=[b for p in parts for b in p.per_batch],
+    )
+
+
 def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, role: str = "model") -> None:
     """A model only reads the tokenizer it was trained with: same size and the same special tokens."""
     cfg = model.config

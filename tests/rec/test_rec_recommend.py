@@ -128,3 +128,14 @@ def test_load_recommender_reads_a_saved_model_folder(target, tokenizer, syntheti
 def test_load_recommender_explains_a_missing_model(synthetic_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="expected a folder with config.json"):
         load_recommender(tmp_path, synthetic_dir)
+
+
+def test_merging_slices_gives_the_result_of_one_call(rec):
+    from atspeed.rec.recommend import merge
+
+    whole = recommend(rec, HISTORIES, 5, method="speculative", batch_size=2)
+    parts = merge([recommend(rec, HISTORIES[:2], 5, method="speculative", batch_size=2),
+                   recommend(rec, HISTORIES[2:], 5, method="speculative", batch_size=2)])
+    assert parts.items == whole.items and torch.equal(parts.scores, whole.scores)
+    assert (parts.target_calls, parts.rounds, parts.accepted_levels) == (
+        whole.target_calls, whole.rounds, whole.accepted_levels)
