@@ -281,15 +281,29 @@ def _recommend_batch(input_path: Path, output: Path, target: Path, data_dir: Pat
 @click.option("--chunk-size", default=1024, show_default=True, help="prompts per resumable chunk")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="decode here, or on Ray Data (one actor pool per chunk: use a large --chunk-size)")
+@click.option("--actors", default=1, show_default=True)
+@click.option("--gpus-per-actor", default=0.0, show_default=True)
+@click.option("--ray-address", default=None, help="Ray: a running cluster (default: start a local one)")
 def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, chunk_size: int, device: str,
-            dtype: str) -> None:
+            dtype: str, engine: str, actors: int, gpus_per_actor: float, ray_address: str | None) -> None:
     """Teacher data for alignment: the target's top-K items for every training prompt (safetensors, resumable)."""
+    from functools import partial
+
     from atspeed.align.teacher import generate_teacher_data
     from atspeed.rec.recommend import load_recommender
 
     rec = load_recommender(target, data_dir, device=device, dtype=DTYPES[dtype], allow_duplicate_ids=True)
+    rank = None
+    if engine == "ray":
+        from atspeed.rec.ray_engine import rank_histories
+
+        rank = partial(rank_histories, k=k, target_dir=target, data_dir=data_dir, batch_size=batch_size,
+                       allow_duplicate_ids=True, num_actors=actors, num_gpus_per_actor=gpus_per_actor,
+                       address=ray_address)
     path = generate_teacher_data(rec, load_dataset(data_dir, allow_duplicate_ids=True), out, k=k,
-                                 batch_size=batch_size, chunk_size=chunk_size)
+                                 batch_size=batch_size, chunk_size=chunk_size, rank=rank)
     click.echo(f"teacher data in {path}")
 
 

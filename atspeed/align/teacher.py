@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from transformers import PreTrainedModel
 
 from atspeed.files import write_bytes
 from atspeed.rec.data import MAX_HISTORY, RecDataset, train_samples
-from atspeed.rec.recommend import Recommender, recommend
+from atspeed.rec.recommend import Recommendations, Recommender, recommend
 
 FORMAT = "atspeed-teacher-v1"
 META_FILE = "meta.json"
@@ -120,12 +120,22 @@ def _sha256_json(value: object) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+Ranker = Callable[[list[tuple[int, ...]]], Recommendations]  # histories -> top-k lists, in order
+
+
 def compute_chunk(
-    rec: Recommender, prompts: Sequence[Sequence[int]], chunk: range, *, k: int, batch_size: int = 64
+    rec: Recommender, prompts: Sequence[Sequence[int]], chunk: range, *, k: int, batch_size: int = 64,
+    rank: Ranker | None = None,
 ) -> dict[str, Tensor]:
-    """The target's top-k lists for prompts[chunk]: prompts [C] (indices), items [C, k], scores [C, k]."""
+    """The target's top-k lists for prompts[chunk]: prompts [C] (indices), items [C, k], scores [C, k].
+
+    `rank` decodes the histories elsewhere (e.g. `atspeed.rec.ray_engine.rank_histories` on a Ray
+    cluster); by default they are decoded here, by tree attention (the same lists either way)."""
     histories = [tuple(prompts[i]) for i in chunk]
-    out = recommend(rec, histories, k, method="tree", batch_size=batch_size)
+    if rank is None:
+        out = recommend(rec, histories, k, method="tree", batch_size=batch_size)
+    else:
+        out = rank(histories)
     return {
         "prompts": torch.tensor(list(chunk), dtype=torch.int64),  # [C]
         "items": torch.tensor(out.items, dtype=torch.int64).view(len(histories), k),  # [C, k]
@@ -221,11 +231,14 @@ def generate_teacher_data(
     chunk_size: int = 1024,
     max_history: int = MAX_HISTORY,
     progress: bool = True,
+    rank: Ranker | None = None,
 ) -> Path:
     """Top-`k` lists of `rec.target` for every distinct training history of `dataset`, cached in `out_dir`.
 
     Reruns resume: finished chunks are kept, a finished cache is returned as is; a folder made with
     another k, dataset, chunk_size, max_history or target is refused. Returns `out_dir`.
+    `rank` (see compute_chunk) decodes each chunk elsewhere, e.g. on Ray: chunks stay the unit of
+    resumption, so use large chunks there (each call starts an actor pool).
     """
     if k < 1 or chunk_size < 1 or batch_size < 1:
         raise ValueError(f"k, batch_size and chunk_size must be >= 1, got {k}, {batch_size}, {chunk_size}.")
@@ -241,7 +254,7 @@ def generate_teacher_data(
     done = len(prompts) - sum(len(plan[i]) for i in todo)
     with tqdm(total=len(prompts), initial=done, desc="teacher", unit="prompt", disable=not progress) as bar:
         for i in todo:
-            save_chunk(out_dir, i, compute_chunk(rec, prompts, plan[i], k=k, batch_size=batch_size))
+            save_chunk(out_dir, i, compute_chunk(rec, prompts, plan[i], k=k, batch_size=batch_size, rank=rank))
             bar.update(len(plan[i]))
     return merge_chunks(out_dir, prompts)
 

@@ -129,3 +129,24 @@ def test_rank_histories_is_recommend_on_ray(histories, target_dir, synthetic_dir
     assert out.items == ref.items
     assert torch.equal(out.scores, ref.scores)
     assert np.asarray(out.items).min() >= 0
+
+
+def test_teacher_data_made_on_ray_equals_teacher_data_made_in_process(target_dir, synthetic_dir, synthetic,
+                                                                       tmp_path):
+    from functools import partial
+
+    from atspeed.align.teacher import generate_teacher_data, load_teacher_data
+    from atspeed.rec.data import RecDataset
+
+    small = RecDataset(name=synthetic.name, index=synthetic.index, valid={}, test={},
+                       train={u: s for u, s in list(synthetic.train.items())[:12]})
+    rec = load_recommender(target_dir, synthetic_dir)
+    rank = partial(rank_histories, k=3, target_dir=target_dir, data_dir=synthetic_dir, batch_size=8,
+                   num_actors=2, progress=False)
+    local = load_teacher_data(generate_teacher_data(rec, small, tmp_path / "local", k=3, chunk_size=1000,
+                                                    progress=False))
+    on_ray = load_teacher_data(generate_teacher_data(rec, small, tmp_path / "ray", k=3, chunk_size=1000,
+                                                     progress=False, rank=rank))
+    assert local.histories == on_ray.histories
+    assert torch.equal(local.items, on_ray.items)
+    torch.testing.assert_close(local.scores, on_ray.scores)
