@@ -141,3 +141,10 @@ def test_recommend_refuses_to_overwrite_a_batch_output_without_the_flag(data_dir
 def test_recommend_needs_exactly_one_of_history_and_input(data_dir, model_dir):
     result = run("recommend", "--data", data_dir, "--target", model_dir, ok=False)
     assert result.exit_code == 2 and "exactly one of --history" in result.output
+
+
+def test_demo_uses_the_committed_models_by_default(tmp_path):
+    out = run("demo", "--out", tmp_path, "--users", 2, "--ks", "3").output
+    assert "committed weights" in out and "training" not in out
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert all(r["mismatches"] == 0 for r in results if r["method"] in ("tree", "speculative"))
