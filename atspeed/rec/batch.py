@@ -46,8 +46,7 @@ from tqdm.auto import tqdm
 
 from atspeed.files import write_together
 from atspeed.rec.data import MAX_HISTORY, find_index_file, load_index
-from atspeed.rec.recommend import METHODS, SPECULATIVE, Recommender, load_recommender, recommend
-from atspeed.rec.recommend import _model_dir as model_dir
+from atspeed.rec.recommend import METHODS, SPECULATIVE, Recommender, load_recommender, model_dir, recommend
 
 FORMATS = (".parquet", ".jsonl", ".ndjson")
 

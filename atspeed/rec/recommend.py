@@ -128,13 +128,13 @@ def load_recommender(
 ) -> Recommender:
     """Load a saved target (folder with model + tokenizer), optional draft, and the dataset's item index."""
     index = load_index(find_index_file(data_dir), allow_duplicate_ids=allow_duplicate_ids)
-    tokenizer = AutoTokenizer.from_pretrained(_model_dir(target_dir))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir(target_dir))
     target = _load_model(target_dir, device, dtype)
     draft = _load_model(draft_dir, device, dtype) if draft_dir is not None else None
     return build_recommender(target, tokenizer, index, draft)
 
 
-def _model_dir(path: str | os.PathLike) -> Path:
+def model_dir(path: str | os.PathLike) -> Path:
     """A model folder, or a training output folder holding `final/`."""
     path = Path(path)
     if (path / "final" / "config.json").exists():
@@ -145,7 +145,7 @@ def _model_dir(path: str | os.PathLike) -> Path:
 
 
 def _load_model(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype) -> PreTrainedModel:
-    return AutoModelForCausalLM.from_pretrained(_model_dir(path), dtype=dtype).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(model_dir(path), dtype=dtype).to(device).eval()
 
 
 def check_histories(histories: Sequence[Sequence[int]], num_items: int) -> None:

@@ -1,0 +1,346 @@
+"""Draft alignment, compared: how much each alignment method speeds up speculative beam search.
+
+    # 1. teacher data (target's top-20) for the train prompts of the first --train-users users
+    # 2. fine-tune a copy of the starting draft with each method for --steps steps (same seed / data)
+    # 3. on the first --eval-users test users, for each K: HF beam search and tree attention once,
+    #    then strict and relaxed speculative beam search with every draft (and the untouched start)
+    python benchmarks/bench_align.py --data .beauty --target /tmp/beauty/beauty-target/final \\
+        --draft /tmp/beauty/beauty-draft/final --out /tmp/ba/beauty --train-users 2000 --steps 300 \\
+        --eval-users 200 --ks 1,3,5,10,20
+
+Prints a markdown table (method x verification x K: accepted levels per round, target calls per
+user, ms per user, speedup vs HF and vs tree attention, Recall@K / NDCG@K and their change vs HF,
+lists that differ from HF's) and writes it with a JSON copy to OUT/align_<data>.{md,json} and to
+benchmarks/results/align_<data>.{md,json}.
+
+Timing is per user (batch size 1) after a warm-up, and every speedup divides times measured in this
+same run. Strict verification must reproduce HF's lists exactly (0 in the last column); relaxed
+verification samples, so its lists differ and its quality change is reported instead.
+
+Resumable: the teacher cache resumes, and a method whose OUT/<method>/done.json exists is not
+trained again (delete the folder to retrain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
+
+from atspeed.align.teacher import generate_teacher_data, load_teacher_data
+from atspeed.align.trainer import METHODS, TEACHER_METHODS, AlignConfig, align
+from atspeed.files import write_text
+from atspeed.rec.data import RecDataset, eval_cases, load_dataset
+from atspeed.rec.metrics import evaluate
+from atspeed.rec.recommend import Recommender, load_recommender, recommend
+from atspeed.rec.train import save_final
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VERIFICATIONS = {"strict": "speculative", "relaxed": "speculative-relaxed"}
+
+
+def _ints(value: str) -> list[int]:
+    return [int(x) for x in value.split(",") if x.strip()]
+
+
+def _methods(value: str) -> list[str]:
+    methods = [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def _model_dir(path: Path) -> Path:
+    return path / "final" if (path / "final" / "config.json").exists() else path
+
+
+def load_draft(path: Path, device: str) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(_model_dir(path), dtype=torch.float32).to(device).eval()
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def train_subset(ds: RecDataset, users: int) -> RecDataset:
+    """The same catalogue and name, with only the first `users` users (sorted ids) of every split."""
+    keep = set(ds.users[:users])
+    pick = lambda split: {u: s for u, s in split.items() if u in keep}
+    return RecDataset(name=ds.name, index=ds.index, train=pick(ds.train), valid=pick(ds.valid),
+                      test=pick(ds.test), meta=ds.meta)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+
+def train_all(args, rec: Recommender, subset: RecDataset, teacher, log) -> dict[str, dict]:
+    """Align a fresh copy of the starting draft with each method; returns per-method training info."""
+    info: dict[str, dict] = {}
+    for method in args.methods:
+        out = args.out / method
+        done = out / "done.json"
+        if done.exists():
+            info[method] = json.loads(done.read_text())
+            log(f"[{method}] already trained ({done}); reusing it")
+            continue
+        draft = load_draft(args.draft, args.device).train()
+        cfg = AlignConfig(method=method, alpha=args.alpha, max_steps=args.steps, batch_size=args.batch_size,
+                          lr=args.lr, seed=args.seed, eval_every=args.align_eval_every,
+                          eval_users=args.align_eval_users, k=args.teacher_k, draft_beams=args.draft_beams,
+                          gamma=args.gamma, teacher_beams=args.teacher_k)
+        torch.manual_seed(args.seed)
+        start = time.perf_counter()
+        result = align(rec.target, draft, rec.tokenizer, subset, teacher if method in TEACHER_METHODS else None,
+                       out, cfg)
+        seconds = time.perf_counter() - start
+        save_final(draft.eval(), rec.tokenizer, out / "last")  # the draft after the last step -> last/final
+        losses = result.losses
+        nan = sum(1 for x in losses if not math.isfinite(x))
+        head, tail = losses[: max(1, len(losses) // 10)], losses[-max(1, len(losses) // 10):]
+        info[method] = {
+            "method": method, "steps": len(losses), "seconds": seconds, "sec_per_step": seconds / max(1, len(losses)),
+            "best_step": result.best_step, "best_acceptance": result.best_acceptance, "history": result.history,
+            "loss_first10pct": sum(head) / len(head) if head else None,
+            "loss_last10pct": sum(tail) / len(tail) if tail else None, "nonfinite_losses": nan,
+            "config": asdict(cfg),
+        }
+        write_text(done, json.dumps(info[method], indent=2, default=str) + "\n")
+        log(f"[{method}] {len(losses)} steps in {seconds:.0f}s ({seconds / max(1, len(losses)):.2f}s/step); "
+            f"loss {info[method]['loss_first10pct']:.4f} -> {info[method]['loss_last10pct']:.4f}; "
+            f"val acceptance (strict, K={cfg.k}) by step: "
+            + ", ".join(f"{h['step']}:{h['acceptance']:.3f}" for h in result.history)
+            + f"; kept step {result.best_step}" + (f"; {nan} NON-FINITE LOSSES" if nan else ""))
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def run(rec: Recommender, histories, k: int, method: str, args) -> dict:
+    settings = {"method": method, "batch_size": 1, "draft_beams": max(args.draft_beams, k), "gamma": args.gamma,
+                "seed": args.seed}
+    if args.warmup:
+        recommend(rec, histories[: args.warmup], k, **settings)
+    out = recommend(rec, histories, k, **settings)
+    return {"items": out.items, "ms": 1e3 * out.seconds / len(histories), "calls": out.target_calls,
+            "acc": out.accepted_levels / out.rounds if out.rounds else None}
+
+
+def evaluate_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases) -> list[dict]:
+    histories = [c.history for c in cases]
+    truths = [c.truth for c in cases]
+    rows: list[dict] = []
+    bar = tqdm(total=len(args.ks) * (2 + 2 * len(drafts)), desc="evaluate", unit="run")
+    for k in args.ks:
+        runs: dict[tuple[str, str], dict] = {}
+        for method in ("hf", "tree"):
+            bar.set_postfix_str(f"K={k} {method}")
+            runs[("-", method)] = run(rec, histories, k, method, args)
+            bar.update()
+        for name, draft in drafts.items():
+            with_draft = replace(rec, draft=draft.eval())
+            for verification, method in VERIFICATIONS.items():
+                bar.set_postfix_str(f"K={k} {name} {verification}")
+                runs[(name, verification)] = run(with_draft, histories, k, method, args)
+                bar.update()
+        hf, tree = runs[("-", "hf")], runs[("-", "tree")]
+        q_hf = evaluate(hf["items"], truths, ks=[k])
+        for (name, verification), r in runs.items():
+            q = evaluate(r["items"], truths, ks=[k])
+            rows.append({
+                "k": k, "draft": name, "verification": verification, "users": len(cases),
+                "draft_beams": max(args.draft_beams, k) if name != "-" else None,
+                "accepted_levels_per_round": r["acc"], "target_calls_per_user": r["calls"],
+                "ms_per_user": r["ms"], "speedup_vs_hf": hf["ms"] / r["ms"], "speedup_vs_tree": tree["ms"] / r["ms"],
+                "recall": q[f"recall@{k}"], "ndcg": q[f"ndcg@{k}"],
+                "recall_change_vs_hf": q[f"recall@{k}"] - q_hf[f"recall@{k}"],
+                "ndcg_change_vs_hf": q[f"ndcg@{k}"] - q_hf[f"ndcg@{k}"],
+                "lists_differing_from_hf": sum(list(a) != list(b) for a, b in zip(r["items"], hf["items"], strict=True)),
+            })
+    bar.close()
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+
+
+def _f(x, fmt: str) -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| K | draft | verification | accepted levels/round | target calls/user | ms/user | speedup vs HF "
+            "| speedup vs tree | Recall@K | NDCG@K | ΔRecall vs HF | ΔNDCG vs HF | lists ≠ HF |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        exact = r["verification"] in ("hf", "tree", "strict")
+        lines.append(
+            f"| {r['k']} | {r['draft']} | {r['verification']} | {_f(r['accepted_levels_per_round'], '.3f')} "
+            f"| {r['target_calls_per_user']:.2f} | {r['ms_per_user']:.1f} | {r['speedup_vs_hf']:.2f}x "
+            f"| {r['speedup_vs_tree']:.2f}x | {r['recall']:.4f} | {r['ndcg']:.4f} "
+            f"| {r['recall_change_vs_hf']:+.4f} | {r['ndcg_change_vs_hf']:+.4f} "
+            f"| {r['lists_differing_from_hf']}{'' if exact or r['lists_differing_from_hf'] == 0 else ' (sampled)'} |")
+    return "\n".join(lines)
+
+
+def acceptance_summary(rows: list[dict], drafts: list[str], ks: list[int]) -> str:
+    """Accepted levels per round only: drafts as rows, (verification, K) as columns."""
+    cols = [(v, k) for v in VERIFICATIONS for k in ks]
+    lines = ["| draft | " + " | ".join(f"{v} K={k}" for v, k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    by = {(r["draft"], r["verification"], r["k"]): r for r in rows}
+    for d in drafts:
+        lines.append(f"| {d} | " + " | ".join(_f(by[(d, v, k)]["accepted_levels_per_round"], ".3f")
+                                          for v, k in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="dataset folder (index + sequential_*.txt)")
+    ap.add_argument("--target", type=Path, required=True)
+    ap.add_argument("--draft", type=Path, required=True, help="the unaligned starting draft")
+    ap.add_argument("--out", type=Path, required=True, help="work folder: teacher/, <method>/, log, results")
+    ap.add_argument("--methods", type=_methods, default=list(METHODS), help="comma-separated (default: all)")
+    ap.add_argument("--train-users", type=int, default=2000, help="align on the train sequences of the first N users")
+    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per method")
+    ap.add_argument("--eval-users", type=int, default=200, help="the first M test users")
+    ap.add_argument("--ks", type=_ints, default=[1, 3, 5, 10, 20])
+    ap.add_argument("--draft-beams", type=int, default=40, help="N (at least K)")
+    ap.add_argument("--gamma", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16, help="training histories per step")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--alpha", type=float, default=0.7, help="(1 - alpha) L_rec + alpha L_align")
+    ap.add_argument("--teacher-k", type=int, default=20, help="target beams per training prompt (and K of the "
+                    "acceptance checks during training)")
+    ap.add_argument("--align-eval-every", type=int, default=None,
+                    help="steps between acceptance checks in training (default: steps // 4); the best is kept")
+    ap.add_argument("--align-eval-users", type=int, default=64, help="validation users of each acceptance check")
+    ap.add_argument("--checkpoint", choices=["final", "last"], default="final",
+                    help="evaluate the best-acceptance draft (final) or the one after the last step (last)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed users before each timed run")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS, help="also write align_<data>.{md,json} here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.align_eval_every is None:
+        args.align_eval_every = max(1, args.steps // 4)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        tqdm.write(msg)
+        log_lines.append(msg)
+
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    mach = machine()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    log(f"command: {command}")
+    log("machine: " + ", ".join(f"{k} {v}" for k, v in mach.items()))
+    log("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    wall = time.perf_counter()
+
+    ds = load_dataset(args.data, allow_duplicate_ids=True)
+    rec = load_recommender(args.target, args.data, device=args.device, allow_duplicate_ids=True)
+    start_draft = load_draft(args.draft, args.device)
+    subset = train_subset(ds, args.train_users)
+    n_samples = sum(max(0, len(s) - 1) for s in subset.train.values())
+    log(f"data {ds.name}: {ds.num_items} items, {len(ds.users)} users; alignment on the first "
+        f"{len(subset.users)} users ({n_samples} train samples, {n_samples / args.batch_size:.0f} batches of "
+        f"{args.batch_size}); target {n_params(rec.target) / 1e6:.2f}M params, draft "
+        f"{n_params(start_draft) / 1e6:.2f}M params")
+
+    teacher = None
+    if any(m in TEACHER_METHODS for m in args.methods):
+        t0 = time.perf_counter()
+        generate_teacher_data(rec, subset, args.out / "teacher", k=args.teacher_k)
+        teacher = load_teacher_data(args.out / "teacher")
+        log(f"teacher data: {len(teacher)} prompts x top-{teacher.k} in {time.perf_counter() - t0:.0f}s "
+            f"({args.out / 'teacher'})")
+
+    training = train_all(args, rec, subset, teacher, log)
+    drafts = {"start": start_draft}
+    for method in args.methods:
+        drafts[method] = load_draft(args.out / method / ("final" if args.checkpoint == "final" else "last/final"),
+                                    args.device)
+
+    cases = eval_cases(ds, "test")[: args.eval_users]
+    t0 = time.perf_counter()
+    rows = evaluate_all(args, rec, drafts, cases)
+    eval_seconds = time.perf_counter() - t0
+    total = time.perf_counter() - wall
+
+    strict_bad = [r for r in rows if r["verification"] in ("tree", "strict") and r["lists_differing_from_hf"]]
+    md = [f"# Draft alignment on {ds.name}", "", f"`{command}`", "",
+          "machine: " + ", ".join(f"{k} {v}" for k, v in mach.items()), "",
+          (f"target {n_params(rec.target) / 1e6:.2f}M params ({args.target}), drafts {n_params(start_draft) / 1e6:.2f}M "
+          f"params (start: {args.draft}); alignment: first {args.train_users} users' train prompts, {args.steps} steps "
+          f"x batch {args.batch_size}, lr {args.lr}, alpha {args.alpha}, teacher top-{args.teacher_k}, seed {args.seed}, "
+          f"evaluated checkpoint: {args.checkpoint}; evaluation: first {len(cases)} test users, batch 1, "
+          f"N = max({args.draft_beams}, K) draft beams, gamma {args.gamma}, {args.warmup} warm-up users per run."), "",
+          "## Training", "",
+          (f"| method | steps | s/step | loss first 10% -> last 10% | val acceptance (strict, K={args.teacher_k}) "
+           "by step | kept step |"), "|---|---|---|---|---|---|"]
+    for m, t in training.items():
+        bad = f" (NON-FINITE: {t['nonfinite_losses']})" if t["nonfinite_losses"] else ""
+        hist = ", ".join(f"{h['step']}: {h['acceptance']:.3f}" for h in t["history"])
+        md.append(f"| {m} | {t['steps']} | {t['sec_per_step']:.2f} | {_f(t['loss_first10pct'], '.4f')} -> "
+                  f"{_f(t['loss_last10pct'], '.4f')}{bad} "
+                  f"| {hist} | {t['best_step']} |")
+    md += ["", "## Accepted levels per round", "", acceptance_summary(rows, list(drafts), args.ks), "",
+           "## All runs", "", table(rows), "",
+           (f"Tree / strict speculative runs whose lists differ from HF's: {len(strict_bad)}. "
+            f"Runtime: {total / 60:.1f} min (evaluation {eval_seconds / 60:.1f} min).")]
+    text = "\n".join(md) + "\n"
+    print("\n" + text)
+    result = {"command": command, "machine": mach, "settings": settings, "dataset": ds.name,
+              "target_params": n_params(rec.target), "draft_params": n_params(start_draft),
+              "training": training, "rows": rows, "seconds_total": total, "seconds_eval": eval_seconds,
+              "log": log_lines}
+    for folder in {args.out, args.results_dir}:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(folder / f"align_{ds.name}.md", text)
+        write_text(folder / f"align_{ds.name}.json", json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {args.out / f'align_{ds.name}.md'} and {args.results_dir / f'align_{ds.name}.md'} (+ .json)")
+
+
+if __name__ == "__main__":
+    main()
