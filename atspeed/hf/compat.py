@@ -5,12 +5,17 @@
   slice the layers ourselves, which works the same on every version.
 - `generate(custom_generate=callable)` exists in 4.57 and 5.x with the same calling convention.
 - Beam sampling ranks the sampled candidates by score from 5.24 on; before, they keep draw order.
+- 5.x saves a fast tokenizer as `tokenizer_class: "TokenizersBackend"`, a name 4.57 cannot load;
+  "PreTrainedTokenizerFast" loads as the same tokenizer on both, so saved folders use that.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import os
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 import transformers
@@ -55,3 +60,12 @@ def cache_select(cache: DynamicCache, index: torch.Tensor) -> None:
 
 def cache_bytes(cache: DynamicCache) -> int:
     return sum(t.numel() * t.element_size() for layer in cache_layers(cache) for t in (layer.keys, layer.values))
+
+
+def make_tokenizer_portable(folder: str | os.PathLike) -> None:
+    """Rewrite a saved tokenizer_config.json so that transformers 4.57 and 5.x both load it."""
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.trainer_utils import get_last_checkpoint
 
 from atspeed.files import write_dir
+from atspeed.hf.compat import make_tokenizer_portable
 from atspeed.rec.data import MAX_HISTORY, RecDataset, Sample, train_samples
 from atspeed.rec.tokenizer import ItemVocab, encode_history, item_vocab
 
@@ -127,5 +128,6 @@ def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        make_tokenizer_portable(tmp)  # loads with transformers 4.57 and 5.x alike
 
     return write_dir(Path(out_dir) / "final", write)

@@ -134,3 +134,16 @@ def test_constrained_beam_search_with_the_trained_model_returns_valid_items(run,
     assert None not in items
     for b in range(len(histories)):
         assert len(set(items[b * K : (b + 1) * K])) == K  # K distinct items per user
+
+
+def test_the_saved_tokenizer_names_a_class_every_supported_transformers_loads(run):
+    config = json.loads((run.final / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def test_the_committed_demo_tokenizers_name_a_portable_class():
+    from atspeed.rec.recommend import PRETRAINED
+
+    for folder in ("synthetic-target", "synthetic-draft"):
+        config = json.loads((PRETRAINED / folder / "tokenizer_config.json").read_text())
+        assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
