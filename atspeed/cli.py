@@ -133,9 +133,9 @@ def train(data_dir: Path, out: Path, kind: str, epochs: float, max_steps: int, b
 # evaluate / recommend
 
 
-def _evaluate(data_dir: Path, target: Path, draft: Path | None, ks: list[int], methods: list[str] | None,
-              users: int | None, batch_size: int, draft_beams: int | None, gamma: int, out: Path | None,
-              device: str, dtype: str, split: str, title: str) -> None:
+def _evaluate(data_dir: Path, target: Path, draft: Path | None, ks: list[int], *, methods: list[str] | None = None,
+              users: int | None = None, batch_size: int = 1, draft_beams: int | None = None, gamma: int = 3,
+              out: Path | None = None, device: str = "cpu", dtype: str = "float32", split: str = "test") -> None:
     """Shared by `evaluate` and `demo`: load, run every method at every K, print and save the table."""
     from atspeed.rec.evaluate import evaluate_decoding
     from atspeed.rec.recommend import load_recommender
@@ -158,7 +158,7 @@ def _evaluate(data_dir: Path, target: Path, draft: Path | None, ks: list[int], m
                 "target": str(target), "draft": str(draft) if draft else None, "device": device, "dtype": dtype,
                 "batch_size": batch_size, "gamma": gamma, "draft_beams": draft_beams or "2K",
                 "torch": torch.__version__, "threads": torch.get_num_threads()}
-        paths = write_report(rows, out, meta, title=title or desc)
+        paths = write_report(rows, out, meta, title=desc)
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -191,8 +191,8 @@ def _eval_options(f):
 def evaluate(data_dir, target, draft, ks, methods, users, batch_size, draft_beams, gamma, device, dtype, split,
              out) -> None:
     """Recall@K / NDCG@K and speed of HF beam search, tree attention and speculative decoding, side by side."""
-    _evaluate(data_dir, target, draft, ks, methods, users, batch_size, draft_beams, gamma, out, device, dtype,
-              split, "")
+    _evaluate(data_dir, target, draft, ks, methods=methods, users=users, batch_size=batch_size,
+              draft_beams=draft_beams, gamma=gamma, out=out, device=device, dtype=dtype, split=split)
 
 
 @main.command()
@@ -412,7 +412,7 @@ def demo(data_dir: Path | None, target: Path | None, draft: Path | None, out: Pa
             target = path
         else:
             draft = path
-    _evaluate(data_dir, target, draft, ks, None, users, 1, None, 3, out, "cpu", "float32", "test", "")
+    _evaluate(data_dir, target, draft, ks, users=users, out=out)
 
 
 def _train_for_demo(data_dir: Path, out: Path, kind: str, epochs: float, steps: int | None) -> Path:
