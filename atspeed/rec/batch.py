@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from atspeed.files import write_together
 from atspeed.rec.data import MAX_HISTORY, find_index_file, load_index
-from atspeed.rec.recommend import METHODS, SPECULATIVE, Recommender, load_recommender, model_dir, recommend
+from atspeed.rec.recommend import Recommender, check_k, check_method, load_recommender, model_dir, recommend
 
 FORMATS = (".parquet", ".jsonl", ".ndjson")
 
@@ -210,17 +210,13 @@ def prepare(input: str | os.PathLike, data_dir: str | os.PathLike, k: int, batch
 def catalogue_size(data_dir: str | os.PathLike, k: int, *, allow_duplicate_ids: bool = False) -> int:
     """The number of items in `data_dir`'s catalogue, once `k` of them can be returned per user."""
     num_items = len(load_index(find_index_file(data_dir), allow_duplicate_ids=allow_duplicate_ids))
-    if not 1 <= k <= num_items:
-        raise ValueError(f"k must be between 1 and the number of items ({num_items}), got {k}.")
+    check_k(k, num_items)
     return num_items
 
 
 def check_settings(method: str, target_dir: str | os.PathLike, draft_dir: str | os.PathLike | None) -> None:
     """Refuse a bad method or a missing model folder before any input is read or worker started."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    if method in SPECULATIVE and draft_dir is None:
-        raise ValueError(f"Method {method!r} needs a draft model: pass draft_dir (--draft).")
+    check_method(method, has_draft=draft_dir is not None)
     for path in (target_dir, draft_dir):
         if path is not None:
             model_dir(path)  # raises FileNotFoundError with the path

@@ -148,6 +148,20 @@ def _load_model(path: str | os.PathLike, device: str | torch.device, dtype: torc
     return AutoModelForCausalLM.from_pretrained(model_dir(path), dtype=dtype).to(device).eval()
 
 
+def check_method(method: str, *, has_draft: bool) -> None:
+    """A known decoding method, and a draft for the speculative ones."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if method in SPECULATIVE and not has_draft:
+        raise ValueError(f"Method {method!r} needs a draft model: load one with the target (--draft).")
+
+
+def check_k(k: int, num_items: int) -> None:
+    """K items per user must exist in the catalogue."""
+    if not 1 <= k <= num_items:
+        raise ValueError(f"k must be between 1 and the number of items ({num_items}), got {k}.")
+
+
 def check_histories(histories: Sequence[Sequence[int]], num_items: int) -> None:
     """Every history item must be in the catalogue; the error names the user (row) and the item."""
     for row, history in enumerate(histories):
@@ -176,12 +190,8 @@ def recommend(
     Users are decoded `batch_size` at a time (left-padded). Speculative methods need `rec.draft`
     and use N = `draft_beams` (default 2K) draft beams and `gamma` drafted levels per round.
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    if not 1 <= k <= rec.num_items:
-        raise ValueError(f"k must be between 1 and the number of items ({rec.num_items}), got {k}.")
-    if method in SPECULATIVE and rec.draft is None:
-        raise ValueError(f"Method {method!r} needs a draft model: load one with the target.")
+    check_method(method, has_draft=rec.draft is not None)
+    check_k(k, rec.num_items)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     check_histories(histories, rec.num_items)
