@@ -114,6 +114,14 @@ def data_prepare(log: Path, out: Path, name: str, user_col: str, item_col: str, 
 def train(data_dir: Path, out: Path, kind: str, epochs: float, max_steps: int, batch_size: int, lr: float,
           seed: int, resume: bool, allow_duplicate_ids: bool) -> None:
     """Train a recommender from scratch on DATA_DIR's train split; the model lands in OUT/final."""
+    final = _train_recipe(data_dir, out, kind, allow_duplicate_ids=allow_duplicate_ids, seed=seed, epochs=epochs,
+                          max_steps=max_steps, batch_size=batch_size, lr=lr, resume=resume)
+    click.echo(f"saved {final}")
+
+
+def _train_recipe(data_dir: Path, out: Path, kind: str, *, allow_duplicate_ids: bool, seed: int = 0,
+                  **settings) -> Path:
+    """A fresh model of recipe `kind`, seeded, trained on `data_dir` (settings go to atspeed.rec.train.train)."""
     from atspeed.rec.recipes import new_model
     from atspeed.rec.tokenizer import build_tokenizer
     from atspeed.rec.train import train as run_training
@@ -124,9 +132,7 @@ def train(data_dir: Path, out: Path, kind: str, epochs: float, max_steps: int, b
     model = new_model(kind, tokenizer)
     click.echo(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
                f"{ds.name} ({ds.num_items} items)")
-    final = run_training(model, tokenizer, ds, out, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                         lr=lr, seed=seed, resume=resume)
-    click.echo(f"saved {final}")
+    return run_training(model, tokenizer, ds, out, seed=seed, **settings)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -416,17 +422,10 @@ def demo(data_dir: Path | None, target: Path | None, draft: Path | None, out: Pa
 
 
 def _train_for_demo(data_dir: Path, out: Path, kind: str, epochs: float, steps: int | None) -> Path:
-    from atspeed.rec.recipes import new_model
-    from atspeed.rec.tokenizer import build_tokenizer
-    from atspeed.rec.train import train as run_training
-
-    ds = load_dataset(data_dir, allow_duplicate_ids=True)
-    tokenizer = build_tokenizer(ds.index)
-    torch.manual_seed(0)
-    click.echo(f"training {kind} on {ds.name} -> {out} ({f'{steps} steps' if steps else f'{epochs:g} epochs'}; "
+    click.echo(f"training {kind} -> {out} ({f'{steps} steps' if steps else f'{epochs:g} epochs'}; "
                "resumes if interrupted)")
-    return run_training(new_model(kind, tokenizer), tokenizer, ds, out, epochs=epochs, max_steps=steps or -1,
-                        save_steps=max(50, steps or 500), logging_steps=max(1, (steps or 500) // 5))
+    return _train_recipe(data_dir, out, kind, allow_duplicate_ids=True, epochs=epochs, max_steps=steps or -1,
+                         save_steps=max(50, steps or 500), logging_steps=max(1, (steps or 500) // 5))
 
 
 # ------------------------------------------------------------------------------------------------
