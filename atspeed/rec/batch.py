@@ -46,7 +46,15 @@ from tqdm.auto import tqdm
 
 from atspeed.files import write_together
 from atspeed.rec.data import MAX_HISTORY, find_index_file, load_index
-from atspeed.rec.recommend import Recommender, check_k, check_method, load_recommender, model_dir, recommend
+from atspeed.rec.recommend import (
+    Recommender,
+    check_k,
+    check_method,
+    is_int,
+    load_recommender,
+    model_dir,
+    recommend,
+)
 
 FORMATS = (".parquet", ".jsonl", ".ndjson")
 
@@ -159,19 +167,15 @@ def _frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
 def _one_id_type(users: list[object]) -> list[object]:
     """Ints stay ints; if any valid id is a string, every valid id becomes a string (one column type)."""
     if any(isinstance(u, str) for u in users):
-        return [str(u) if _is_int(u) else u for u in users]
+        return [str(u) if is_int(u) else u for u in users]
     return users
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _problem(user: object, history: object, num_items: int) -> str | None:
     """Why a row cannot be decoded, or None."""
-    if not (_is_int(user) or isinstance(user, str)):
+    if not (is_int(user) or isinstance(user, str)):
         return f"malformed: user must be a string or an integer, got {user!r}"
-    if not isinstance(history, list | tuple) or not all(_is_int(i) for i in history):
+    if not isinstance(history, list | tuple) or not all(is_int(i) for i in history):
         return f"malformed: history must be a list of integer item ids, got {history!r}"[:200]
     if not history:
         return "empty history"

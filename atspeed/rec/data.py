@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,9 +95,12 @@ def load_index(path: str | os.PathLike, *, allow_duplicate_ids: bool = False) ->
     if sorted(index) != list(range(len(index))):
         missing = sorted(set(range(len(index))) - set(index))[:5]
         raise ValueError(f"{path}: item keys must be 0 … {len(index) - 1} without gaps; missing e.g. {missing}.")
-    lengths = {len(t) for t in index.values()}
+    lengths = Counter(len(t) for t in index.values())
     if len(lengths) != 1:
-        raise ValueError(f"{path}: semantic IDs have different lengths {sorted(lengths)}; all must be equal.")
+        usual = lengths.most_common(1)[0][0]
+        item, tokens = next((i, t) for i, t in index.items() if len(t) != usual)
+        raise ValueError(f"{path}: item {item} has {len(tokens)} tokens {list(tokens)} but the other IDs have "
+                         f"{usual}; all semantic IDs must have the same length.")
     if not allow_duplicate_ids:
         _check_unique_ids(index, path)
     return dict(sorted(index.items()))
@@ -187,6 +190,7 @@ def eval_cases(ds: RecDataset, split: str = "test", max_history: int = MAX_HISTO
     """Users with >= 1 item in `split`; history = everything before that split (last `max_history`).
 
     test: history = train + valid, truth = all test items. valid: history = train, truth = valid.
+    Users with no item before the split are left out: `recommend` needs a history to start from.
     """
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}.")
@@ -197,6 +201,8 @@ def eval_cases(ds: RecDataset, split: str = "test", max_history: int = MAX_HISTO
         if not held_out[u]:
             continue
         history = tuple(i for s in before for i in getattr(ds, s).get(u, ()))
+        if not history:
+            continue
         start = max(0, len(history) - max_history)  # max_history = 0 keeps nothing
         cases.append(EvalCase(user=u, history=history[start:], truth=frozenset(held_out[u])))
     if not cases:

@@ -14,13 +14,16 @@ one item, and returns the K items best first with their beam scores.
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
@@ -128,7 +131,10 @@ def load_recommender(
 ) -> Recommender:
     """Load a saved target (folder with model + tokenizer), optional draft, and the dataset's item index."""
     index = load_index(find_index_file(data_dir), allow_duplicate_ids=allow_duplicate_ids)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir(target_dir))
+    folder = model_dir(target_dir)
+    if not (folder / "tokenizer.json").exists():
+        raise FileNotFoundError(f"{folder}: no tokenizer.json; a model folder holds the tokenizer it was trained with.")
+    tokenizer = _load(folder, "tokenizer", AutoTokenizer.from_pretrained)
     target = _load_model(target_dir, device, dtype)
     draft = _load_model(draft_dir, device, dtype) if draft_dir is not None else None
     return build_recommender(target, tokenizer, index, draft)
@@ -144,8 +150,38 @@ def model_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_weights(folder: Path) -> None:
+    """Weights are read from safetensors files only (never a pickle), and each file must be complete."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files and any(folder.glob("pytorch_model*.bin")):
+        raise ValueError(
+            f"{folder}: the weights are in pytorch_model.bin (a pickle), and atspeed only loads safetensors. If you "
+            "trust the file, convert it once: python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{folder}', use_safetensors=False).save_pretrained('{folder}')\""
+        )
+    if not files:
+        raise FileNotFoundError(f"{folder}: no model.safetensors (the model's weights).")
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{file}: not a complete safetensors file ({e}).") from None
+
+
 def _load_model(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype) -> PreTrainedModel:
-    return AutoModelForCausalLM.from_pretrained(model_dir(path), dtype=dtype).to(device).eval()
+    folder = model_dir(path)
+    check_weights(folder)
+    load = partial(AutoModelForCausalLM.from_pretrained, dtype=dtype, use_safetensors=True)
+    return _load(folder, "model", load).to(device).eval()
+
+
+def _load(folder: Path, what: str, load: Callable[[Path], object]):
+    """`load(folder)`; a broken file fails with the folder named (loaders raise many exception types)."""
+    try:
+        return load(folder)
+    except Exception as e:
+        raise ValueError(f"{folder}: cannot load the {what}: {' '.join(str(e).split())}") from e
 
 
 def check_method(method: str, *, has_draft: bool) -> None:
@@ -158,18 +194,36 @@ def check_method(method: str, *, has_draft: bool) -> None:
 
 def check_k(k: int, num_items: int) -> None:
     """K items per user must exist in the catalogue."""
+    if not is_int(k):
+        raise ValueError(f"k must be an integer, got {k!r}.")
     if not 1 <= k <= num_items:
         raise ValueError(f"k must be between 1 and the number of items ({num_items}), got {k}.")
 
 
 def check_histories(histories: Sequence[Sequence[int]], num_items: int) -> None:
-    """Every history item must be in the catalogue; the error names the user (row) and the item."""
+    """Every history holds at least one item, all in the catalogue; the error names the user (row) and item."""
+    if not _is_list(histories):
+        raise ValueError(f"histories must be a list of item-id lists, got {type(histories).__name__}.")
     for row, history in enumerate(histories):
+        if not _is_list(history):
+            raise ValueError(f"History {row}: expected a list of item ids, got {history!r}.")
+        if len(history) == 0:
+            raise ValueError(f"History {row} is empty: recommendations are made from at least one item.")
         for item in history:
-            if not (isinstance(item, int) and 0 <= item < num_items):
+            if not (is_int(item) and 0 <= item < num_items):
                 raise ValueError(
                     f"History {row}: item {item!r} is not in the catalogue (item ids are 0 … {num_items - 1})."
                 )
+
+
+def _is_list(x: object) -> bool:
+    """A sized, iterable collection (list, tuple, numpy array...), not text."""
+    return hasattr(x, "__len__") and hasattr(x, "__iter__") and not isinstance(x, str | bytes | Mapping)
+
+
+def is_int(x: object) -> bool:
+    """An integer (Python's or numpy's), and not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def recommend(
@@ -195,7 +249,7 @@ def recommend(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     check_histories(histories, rec.num_items)
-    histories = [tuple(h)[len(h) - min(len(h), max_history):] for h in histories]
+    histories = [tuple(int(i) for i in h)[len(h) - min(len(h), max_history):] for h in histories]
     out = Recommendations(items=[], scores=torch.empty(0, k))
     scores = []
     calls = _CallCounter(rec.target)

@@ -71,7 +71,13 @@ def test_user_with_only_valid_items_gets_them_as_test_history(tmp_path):
 
 def test_valid_history_is_train_and_truth_is_valid_items(tmp_path):
     cases = eval_cases(load_dataset(write(tmp_path)), "valid")
-    assert [(c.user, c.history, c.truth) for c in cases] == [(1, (0, 1, 2), frozenset({3})), (3, (), frozenset({0}))]
+    assert [(c.user, c.history, c.truth) for c in cases] == [(1, (0, 1, 2), frozenset({3}))]
+
+
+def test_users_with_nothing_before_the_split_are_not_evaluated(tmp_path):
+    ds = load_dataset(write(tmp_path))
+    assert ds.valid[3] and not ds.train.get(3)  # user 3 has a valid item but no history to recommend from
+    assert 3 not in {c.user for c in eval_cases(ds, "valid")}
 
 
 def test_eval_history_keeps_only_the_most_recent_items(tmp_path):
@@ -129,7 +135,7 @@ def test_index_keys_must_have_no_gaps(tmp_path):
 
 def test_semantic_ids_must_have_one_length(tmp_path):
     index = dict(INDEX, **{"3": ["<a_1>", "<b_0>", "<c_0>"]})
-    with pytest.raises(ValueError, match="different lengths"):
+    with pytest.raises(ValueError, match=r"item 3 has 3 tokens \['<a_1>', '<b_0>', '<c_0>'\] but the other IDs have 4"):
         load_dataset(write(tmp_path, index=index))
 
 

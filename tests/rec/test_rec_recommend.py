@@ -13,7 +13,7 @@ from atspeed.rec.recommend import build_recommender, load_recommender, recommend
 from atspeed.rec.tokenizer import build_tokenizer
 from atspeed.rec.train import save_final
 
-HISTORIES = [(0, 5, 7, 9), (3,), (100, 200, 300, 400, 500, 1, 2), ()]
+HISTORIES = [(0, 5, 7, 9), (3,), (100, 200, 300, 400, 500, 1, 2), (42,)]
 
 
 @pytest.fixture(scope="module")
