@@ -15,17 +15,10 @@ from transformers import LogitsProcessorList
 
 from atspeed.beamsd_replace import replace_beam_search_with_TreeAttn
 from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook
+from atspeed.hf.checks import check_inputs
 from atspeed.hf.generate import generate_with_tree_attention
 from atspeed.hf.model import UnsupportedModelError
 from atspeed.hf.speculative import generate_speculative
-
-
-def _as_inputs(inputs: Mapping[str, torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
-    if isinstance(inputs, torch.Tensor):
-        return {"input_ids": inputs if inputs.dim() == 2 else inputs[None]}
-    if "input_ids" not in inputs:
-        raise ValueError("inputs must be a tensor of token ids or a mapping with 'input_ids' (and 'attention_mask').")
-    return {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
 
 
 def _setting(name: str, value: Any, config_value: Any, arg_name: str, owner: str = "model") -> Any:
@@ -52,6 +45,7 @@ def beam_search_by_TreeAttn(
     Returns {"beam_sequences": [B * beam_size, prompt_len + new], "beam_scores": [B * beam_size],
     "target_calls": forward calls}. Extra keyword arguments go to generate() (eos_token_id, length_penalty...).
     """
+    _check_hf_model("model", model)
     gc = model.generation_config
     max_new_tokens = _setting("max_new_tokens", max_new_tokens, gc.max_new_tokens, "max_new_tokens")
     beam_size = _setting("num_beams", beam_size, gc.num_beams, "num_beams (beam_size)")
@@ -59,7 +53,7 @@ def beam_search_by_TreeAttn(
     out = generate_with_tree_attention(
         model,
         always_beam=True,
-        **_as_inputs(inputs),
+        **check_inputs(inputs),
         max_new_tokens=max_new_tokens,
         num_beams=beam_size,
         logits_processor=logits_processor,
@@ -76,10 +70,14 @@ def beam_search_by_TreeAttn(
     }
 
 
+def _check_hf_model(role: str, model: object) -> None:
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "generation_config"):
+        raise UnsupportedModelError(f"{role} must be a Hugging Face causal LM, got {type(model).__name__}.")
+
+
 def _sd_settings(target, draft, max_new_tokens, gamma, beam_size, draft_beam_size) -> tuple[int, int, int, int]:
     for role, model in (("target_model", target), ("draft_model", draft)):
-        if not isinstance(model, torch.nn.Module) or not hasattr(model, "generation_config"):
-            raise UnsupportedModelError(f"{role} must be a Hugging Face causal LM, got {type(model).__name__}.")
+        _check_hf_model(role, model)
     tgc, dgc = target.generation_config, draft.generation_config
     max_new_tokens = _setting("max_new_tokens", max_new_tokens, tgc.max_new_tokens, "max_new_tokens", "target_model")
     gamma = _setting("max_new_tokens", gamma, dgc.max_new_tokens, "gamma", "draft_model")
@@ -132,7 +130,7 @@ def beam_search_by_SD(
         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
         hook=hook,
         sampling_verification=sampling_verification,
-        **_as_inputs(inputs),
+        **check_inputs(inputs),
         max_new_tokens=max_new_tokens,
         num_beams=beam_size,
         **generate_kwargs,

@@ -3,6 +3,8 @@ torch, or silently give a wrong answer."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from atspeed.hf.model import max_positions, model_device, sliding_window
@@ -33,6 +35,7 @@ def check_generation_request(
         prompt_lengths is not None and bool((prompt_lengths == 0).any())
     ):
         raise ValueError("The prompt is empty: give at least one input token per request.")
+    check_token_ids(model, input_ids)
     if max_new_tokens is None or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}.")
     device = model_device(model)
@@ -53,4 +56,41 @@ def check_generation_request(
         raise ValueError(
             f"prompt + max_new_tokens ({longest + max_new_tokens}) exceeds the sliding window ({window}) of "
             f"{type(model).__name__}; tree attention does not implement sliding windows."
+        )
+
+
+def check_inputs(inputs: Mapping[str, torch.Tensor] | torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The function API's `inputs` (a tensor of token ids, or a mapping with input_ids and optionally
+    attention_mask) as generate() keyword arguments: [B, n] integer ids, a mask of the same shape."""
+    if isinstance(inputs, torch.Tensor):
+        inputs = {"input_ids": inputs if inputs.dim() == 2 else inputs[None]}
+    if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
+        raise ValueError(
+            "inputs must be a tensor of token ids or a mapping with 'input_ids' (and 'attention_mask'), got "
+            f"{type(inputs).__name__}."
+        )
+    out = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask") and v is not None}
+    for name, value in out.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{name} must be a torch tensor, got {type(value).__name__}.")
+    ids, mask = out["input_ids"], out.get("attention_mask")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold integer token ids, got dtype {ids.dtype}.")
+    if mask is not None and mask.shape != ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(mask.shape)} but input_ids have {tuple(ids.shape)}: they must match."
+        )
+    return out
+
+
+def check_token_ids(model: torch.nn.Module, input_ids: torch.Tensor) -> None:
+    """Every token id must have a row in the model's input embeddings (else torch's IndexError)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    size = getattr(embeddings, "num_embeddings", None) or model.config.get_text_config().vocab_size
+    outside = (input_ids < 0) | (input_ids >= size)  # [B, n]
+    if bool(outside.any()):
+        row, col = (int(i) for i in outside.nonzero()[0])
+        raise ValueError(
+            f"input_ids[{row}, {col}] = {int(input_ids[row, col])} is not a token of the model's vocabulary "
+            f"(ids 0 … {size - 1})."
         )
