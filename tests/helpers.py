@@ -142,10 +142,14 @@ def hf_generate(model: torch.nn.Module, **kwargs: Any):
     return type(model).generate(model, **kwargs)
 
 
-def tree_generate(model: torch.nn.Module, **kwargs: Any):
-    """atspeed's drop-in patch, applied to an independent copy of `model`."""
+def tree_generate(model: torch.nn.Module, engine: str = "auto", **kwargs: Any):
+    """atspeed's drop-in patch, applied to an independent copy of `model`; with `engine` other than
+    "auto", the same generate() path forced onto that engine ("static" or "dynamic")."""
     from atspeed.beamsd_replace import replace_beam_search_with_TreeAttn
+    from atspeed.hf.generate import generate_with_tree_attention
 
+    if engine != "auto":
+        return generate_with_tree_attention(fresh_copy(model), engine=engine, **kwargs)
     return replace_beam_search_with_TreeAttn(fresh_copy(model)).generate(**kwargs)
 
 

@@ -52,10 +52,10 @@ def prompts(lengths=(7, 3), seed: int = 1, vocab_size: int = 64):
     return batch(lengths, vocab_size=vocab_size, seed=seed)
 
 
-def compare(m, rows_per_request: int, **kwargs):
+def compare(m, rows_per_request: int, engine: str = "auto", **kwargs):
     """Run HF and atspeed on the same request and assert they agree. Returns (hf, atspeed)."""
     ref = hf_generate(m, **kwargs)
-    out = tree_generate(m, **kwargs)
+    out = tree_generate(m, engine=engine, **kwargs)
     if kwargs.get("return_dict_in_generate"):
         assert_same_generate_output(ref, out, rows_per_request)
     else:
@@ -112,10 +112,13 @@ def test_num_return_sequences_up_to_num_beams(num_return_sequences):
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 15, 16, 17, 33, 48])
-def test_max_new_tokens_including_steps_past_cache_compaction(max_new_tokens):
+@pytest.mark.parametrize("engine", ["static", "dynamic"])
+def test_max_new_tokens_including_steps_past_cache_compaction(max_new_tokens, engine):
     m, inputs = model(), prompts()
-    ref, out = compare(m, 3, **inputs, max_new_tokens=max_new_tokens, num_beams=3, num_return_sequences=3, **DICT)
+    ref, out = compare(m, 3, **inputs, max_new_tokens=max_new_tokens, num_beams=3, num_return_sequences=3,
+                       engine=engine, **DICT)
     assert out.sequences.shape[1] == inputs["input_ids"].shape[1] + max_new_tokens  # no EOS: full length
+    assert out.stats["engine"].startswith(engine)
 
 
 def test_max_length_instead_of_max_new_tokens():

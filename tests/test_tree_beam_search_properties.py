@@ -111,8 +111,9 @@ def test_tree_beam_search_equals_hf_beam_search(data):
     inputs = left_pad(texts)
     s = data.draw(search_settings(model, inputs), label="settings")
     kwargs = dict(**inputs, **s, return_dict_in_generate=True, output_scores=True)
+    engine = data.draw(st.sampled_from(["auto", "dynamic"]), label="engine")  # auto: static where it applies
     ref = hf_generate(model, **kwargs)
-    out = tree_generate(model, **kwargs)
+    out = tree_generate(model, engine=engine, **kwargs)
     assert_same_beams(ref, out, s["num_return_sequences"])
     assert_same_step_tensors(ref.scores, out.scores, "scores")
     # Invariants that HF's result has, so atspeed's must too.
@@ -123,6 +124,7 @@ def test_tree_beam_search_equals_hf_beam_search(data):
     scores = out.sequences_scores.view(B, R)
     assert torch.all(scores[:, :-1] >= scores[:, 1:]), "hypotheses must be sorted by score"
     event(f"num_beams={s['num_beams']}")
+    event(f"engine: {out.stats['engine'].split(':')[0]}")
     event(f"steps run: {'<= 5' if len(out.scores) <= 5 else '> 5'}")
     if s["eos_token_id"]:
         ended = torch.isin(out.sequences[:, n:], torch.tensor(s["eos_token_id"])).any()

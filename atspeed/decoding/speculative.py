@@ -38,6 +38,7 @@ from atspeed.decoding.tree import (
     chain_parents,
     compaction_plan,
     node_visibility,
+    prompt_inputs,
     select_slots,
 )
 from atspeed.decoding.tree_search import BeamSearchResult, LogitsProcessorFn, TreeForward
@@ -115,17 +116,6 @@ def _null_hook(name: str) -> nullcontext:
     return nullcontext()
 
 
-def _prompt_inputs(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal + padding visibility [B, n, n] and HF-style positions [B, n] of the prompt."""
-    n = attention_mask.shape[1]
-    real = attention_mask.bool()
-    causal = torch.ones(n, n, dtype=torch.bool, device=real.device).tril()
-    visible = causal[None] & real[:, None, :]
-    positions = attention_mask.long().cumsum(-1) - 1
-    positions.masked_fill_(attention_mask == 0, 1)
-    return visible, positions
-
-
 def _feed(
     lm: TreeForward,
     view: _ModelView,
@@ -170,7 +160,7 @@ def _feed(
     # first round: the prompt and the tree in one forward
     input_ids, attention_mask = prompt
     n = input_ids.shape[1]
-    p_visible, p_positions = _prompt_inputs(attention_mask)
+    p_visible, p_positions = prompt_inputs(attention_mask)
     visible = node_visibility(view.rows, parents, max_depth)  # [B, Q, n + Q]
     Q = tokens.shape[1]
     top = torch.cat((p_visible, p_visible.new_zeros(B, n, Q)), dim=-1)

@@ -24,6 +24,18 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(allowed, zero, neg)[:, None]
 
 
+def prompt_inputs(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal + padding visibility [B, n, n] and HF-style position ids [B, n] of a left-padded prompt
+    (real tokens count 0, 1, ...; padding gets position 1, as HF's generate() gives it)."""
+    n = attention_mask.shape[1]
+    real = attention_mask.bool()
+    causal = torch.ones(n, n, dtype=torch.bool, device=real.device).tril()
+    visible = causal[None] & real[:, None, :]
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions.masked_fill_(attention_mask == 0, 1)
+    return visible, positions
+
+
 def node_visibility(root_visible: torch.Tensor, parents: torch.Tensor, max_depth: int) -> torch.Tensor:
     """Visible slots of Q new nodes appended after the S cache slots: [B, Q, S + Q] bool.
 

@@ -11,7 +11,16 @@ from typing import Callable, Protocol
 
 import torch
 
-from atspeed.decoding.beam import BeamConfig, StoppingFn, beam_step, finalize, gather_beams, init_beams, is_done
+from atspeed.decoding.beam import (
+    BeamConfig,
+    BeamState,
+    StoppingFn,
+    beam_step,
+    finalize,
+    gather_beams,
+    init_beams,
+    is_done,
+)
 from atspeed.decoding.tree import compaction_plan, level_inputs, select_slots
 
 LogitsProcessorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,6 +51,38 @@ class BeamSearchResult:
     stats: dict = field(default_factory=dict)
 
 
+class StepRecord:
+    """What generate(output_scores / output_logits) returns: per step, [B * K, V] each."""
+
+    def __init__(self, scores: bool, logits: bool):
+        self.scores: tuple[torch.Tensor, ...] | None = () if scores else None
+        self.logits: tuple[torch.Tensor, ...] | None = () if logits else None
+
+    def add(self, logits: torch.Tensor, log_probs: torch.Tensor) -> None:
+        if self.logits is not None:
+            self.logits += (logits.clone(),)
+        if self.scores is not None:
+            self.scores += (log_probs.clone(),)
+
+
+def search_step(
+    state: BeamState,
+    logits: torch.Tensor,
+    cfg: BeamConfig,
+    logits_processor: LogitsProcessorFn,
+    stopping: StoppingFn,
+    record: StepRecord,
+) -> tuple[BeamState, torch.Tensor]:
+    """HF's beam search step from the running beams' raw next-token logits [B, K, V]: log-softmax,
+    the logits processors, then the beam step. Returns the new state and each new beam's parent."""
+    B, K, V = logits.shape
+    flat_logits = logits.reshape(B * K, V)
+    flat_running = state.running_sequences[:, :, : state.cur_len].reshape(B * K, -1)
+    log_probs = logits_processor(flat_running, torch.log_softmax(flat_logits, dim=-1))
+    record.add(flat_logits, log_probs)
+    return beam_step(state, log_probs.view(B, K, V), cfg, stopping, record.scores)
+
+
 def tree_beam_search(
     lm: TreeForward,
     input_ids: torch.Tensor,
@@ -64,19 +105,11 @@ def tree_beam_search(
     V = logits.shape[-1]
     logits = logits[:, None, :].expand(B, K, V)  # the K beams start as copies of the prompt
     rows = attention_mask.bool()[:, None, :].expand(B, K, -1)  # [B, K, S] slots each beam has read
-    all_scores = () if output_scores else None
-    raw_logits = () if output_logits else None
+    record = StepRecord(output_scores, output_logits)
     peak_bytes = lm.cache_bytes
     plain_decoding = K == 1 and bool(attention_mask.all())
     while True:
-        flat_logits = logits.reshape(B * K, V)
-        flat_running = state.running_sequences[:, :, : state.cur_len].reshape(B * K, -1)
-        log_probs = logits_processor(flat_running, torch.log_softmax(flat_logits, dim=-1))
-        if output_logits:
-            raw_logits += (flat_logits.clone(),)
-        if output_scores:
-            all_scores += (log_probs.clone(),)
-        state, parents = beam_step(state, log_probs.view(B, K, V), cfg, stopping, all_scores)
+        state, parents = search_step(state, logits, cfg, logits_processor, stopping, record)
         if is_done(state, cfg):
             break
         depth = state.cur_len - 1 - cfg.prompt_len
@@ -99,7 +132,7 @@ def tree_beam_search(
         sequences=sequences,
         sequences_scores=scores,
         beam_indices=beam_indices,
-        scores=all_scores,
-        logits=raw_logits,
+        scores=record.scores,
+        logits=record.logits,
         stats={"steps": state.cur_len - cfg.prompt_len, "peak_cache_bytes": peak_bytes},
     )

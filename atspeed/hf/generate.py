@@ -16,10 +16,13 @@ from transformers import GenerationConfig
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
 
 from atspeed.decoding.beam import BeamConfig
+from atspeed.decoding.static import num_slots, static_beam_search
 from atspeed.decoding.tree_search import BeamSearchResult, tree_beam_search
 from atspeed.hf import compat
 from atspeed.hf.checks import check_generation_request
+from atspeed.hf.engine import ENGINES, new_tokens, static_unsupported
 from atspeed.hf.model import TreeLM, check_tree_support
+from atspeed.hf.slot_cache import SlotCache
 
 # generate() options that tree-attention beam search does not implement: refuse, never ignore.
 UNSUPPORTED_GENERATE_KWARGS = {
@@ -77,10 +80,12 @@ def tree_attention_generate(
     generation_config: GenerationConfig,
     synced_gpus: bool = False,
     always_beam: bool = False,
+    engine: str = "auto",
     **model_kwargs: Any,
 ) -> GenerateBeamDecoderOnlyOutput | torch.Tensor:
     """A `custom_generate` decoding method. Beam search (and beam sampling) runs by tree attention;
-    num_beams == 1 is left to HF's own greedy/sampling loop unless `always_beam`."""
+    num_beams == 1 is left to HF's own greedy/sampling loop unless `always_beam`. `engine` chooses
+    the decode (see atspeed.hf.engine); the default picks the static engine wherever it applies."""
     gc = generation_config
     if gc.num_beams == 1 and not always_beam:
         return model._sample(
@@ -108,23 +113,55 @@ def tree_attention_generate(
         raise NotImplementedError(f"tree-attention beam search does not forward extra model inputs {extra}.")
 
     req = prepare_request(model, input_ids, model_kwargs, gc)
-    lm = TreeLM(model)
-    result = tree_beam_search(
-        lm,
-        req.prompt,
-        req.attention_mask,
-        req.cfg,
+    result = run_beam_search(
+        model,
+        req,
         logits_processor,
         stopping_criteria,
-        num_return_sequences=req.num_return_sequences,
-        fill_value=req.fill_value,
         output_scores=bool(gc.return_dict_in_generate and gc.output_scores),
         output_logits=bool(gc.return_dict_in_generate and gc.output_logits),
+        engine=engine,
     )
-    result.stats.update(target_calls=lm.forward_calls, target_tokens=lm.tokens_processed)
     if not gc.return_dict_in_generate:
         return result.sequences
     return to_generate_output(result, gc)
+
+
+def run_beam_search(
+    model: torch.nn.Module,
+    req: Request,
+    logits_processor: Any,
+    stopping_criteria: Any,
+    *,
+    output_scores: bool = False,
+    output_logits: bool = False,
+    engine: str = "auto",
+) -> BeamSearchResult:
+    """Tree-attention beam search of one prepared request on the engine that fits it: the static
+    engine wherever it applies, else the dynamic (compacting) tree path, with the reason in
+    stats["engine"]. engine="static" insists on the static engine, "dynamic" on the dynamic path."""
+    reason = static_unsupported(req.cfg) if engine != "dynamic" else "engine='dynamic' was asked for"
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
+    if engine == "static" and reason is not None:
+        raise NotImplementedError(f"the static engine cannot run this request: {reason}.")
+    common = dict(
+        num_return_sequences=req.num_return_sequences,
+        fill_value=req.fill_value,
+        output_scores=output_scores,
+        output_logits=output_logits,
+    )
+    args = (req.prompt, req.attention_mask, req.cfg, logits_processor, stopping_criteria)
+    if reason is None:
+        lm = TreeLM(model, SlotCache(num_slots(req.cfg.prompt_len, req.cfg.num_beams, new_tokens(req.cfg))))
+        result = static_beam_search(lm, *args, **common)
+        result.stats.update(engine="static", peak_cache_bytes=lm.cache_bytes)
+    else:
+        lm = TreeLM(model)
+        result = tree_beam_search(lm, *args, **common)
+        result.stats.update(engine=f"dynamic: {reason}")
+    result.stats.update(target_calls=lm.forward_calls, target_tokens=lm.tokens_processed)
+    return result
 
 
 _KNOWN_MODEL_KWARGS = {
@@ -168,7 +205,9 @@ def _requested_num_beams(model: torch.nn.Module, kwargs: dict) -> int:
     return 1
 
 
-def generate_with_tree_attention(model: torch.nn.Module, always_beam: bool = False, **kwargs: Any):
+def generate_with_tree_attention(
+    model: torch.nn.Module, always_beam: bool = False, engine: str = "auto", **kwargs: Any
+):
     """HF generate() (the class's own, patched or not) with tree-attention beam search."""
     hf_only = [key for key in HF_ONLY_KWARGS if kwargs.get(key) is not None]
     if hf_only:  # HF's own greedy/sampling modes: HF runs them; with beams they are refused
@@ -185,5 +224,7 @@ def generate_with_tree_attention(model: torch.nn.Module, always_beam: bool = Fal
             )
     if kwargs.get("custom_generate") is not None:
         raise ValueError("custom_generate is already set by atspeed; call the original generate() to use another.")
-    method = functools.partial(tree_attention_generate, always_beam=True) if always_beam else tree_attention_generate
+    method = tree_attention_generate
+    if always_beam or engine != "auto":
+        method = functools.partial(tree_attention_generate, always_beam=always_beam, engine=engine)
     return type(model).generate(model, custom_generate=method, **kwargs)

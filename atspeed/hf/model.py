@@ -4,7 +4,9 @@ explicit position ids and a KV cache that the decoding core may compact."""
 from __future__ import annotations
 
 import torch
+from transformers.cache_utils import DynamicCache
 
+from atspeed.decoding.tree import prompt_inputs
 from atspeed.hf import compat
 
 TREE_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
@@ -71,9 +73,9 @@ def sliding_window(model: torch.nn.Module) -> int | None:
 class TreeLM:
     """One model plus the KV cache of one decoding call. Logits come back as float32, like HF's."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, cache: DynamicCache | None = None):
         self.model = model
-        self.cache = compat.new_cache()
+        self.cache = compat.new_cache() if cache is None else cache
         self.cache_kwarg = compat.cache_kwarg(model)
         self.takes_logits_to_keep = "logits_to_keep" in compat.forward_params(model)
         self.dtype = model_dtype(model)
@@ -100,8 +102,7 @@ class TreeLM:
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_only: bool = True) -> torch.Tensor:
         """Prompt forward with HF's own causal/padding mask. Returns [B, V] (last position) or [B, n, V]."""
-        positions = attention_mask.long().cumsum(-1) - 1
-        positions.masked_fill_(attention_mask == 0, 1)
+        _, positions = prompt_inputs(attention_mask)
         mask = None if bool(attention_mask.all()) else attention_mask
         logits = self._run(input_ids, mask, positions, 1 if last_only else 0)
         return logits[:, -1] if last_only else logits
@@ -110,6 +111,13 @@ class TreeLM:
         self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, logits_to_keep: int = 0
     ) -> torch.Tensor:
         """tokens/positions: [B, Q]; mask: additive [B, 1, Q, S+Q]. Returns logits [B, Q or logits_to_keep, V]."""
+        return self._run(tokens, mask, positions, logits_to_keep)
+
+    def write(
+        self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, start: int, logits_to_keep: int = 0
+    ) -> torch.Tensor:
+        """Feed tokens [B, Q] into slots start .. start+Q-1 of a SlotCache (mask: additive [B, 1, Q, start+Q])."""
+        self.cache.window = (start, start + tokens.shape[1])
         return self._run(tokens, mask, positions, logits_to_keep)
 
     def keep_slots(self, index: torch.Tensor) -> None:
