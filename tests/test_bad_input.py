@@ -80,12 +80,6 @@ def test_non_integer_beam_size_is_rejected_by_the_function_api(llama, inputs, be
         via_function(llama, inputs, num_beams=beam_size)
 
 
-@ENTRY_POINTS
-def test_more_beams_than_vocabulary_is_rejected(llama, inputs, run):
-    with pytest.raises(ValueError, match=rf"num_beams={VOCAB + 1} is larger than the vocabulary \({VOCAB} tokens\)"):
-        run(llama, inputs, num_beams=VOCAB + 1)
-
-
 def test_as_many_beams_as_vocabulary_is_accepted(llama, inputs):
     out = via_function(llama, inputs, num_beams=VOCAB, max_new_tokens=2)
     assert out["beam_sequences"].shape[0] == 2 * VOCAB

@@ -21,9 +21,6 @@ def check_generation_request(
     """Clear errors for requests that would otherwise fail deep inside torch, or silently."""
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams (beam_size) must be an integer >= 1, got {num_beams!r}.")
-    vocab = model.config.get_text_config().vocab_size
-    if num_beams > vocab:
-        raise ValueError(f"num_beams={num_beams} is larger than the vocabulary ({vocab} tokens).")
     if num_return_sequences > num_beams:
         raise ValueError(
             f"num_return_sequences={num_return_sequences} is larger than num_beams={num_beams}: beam search "
