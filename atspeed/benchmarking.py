@@ -1,9 +1,12 @@
-"""Side-by-side timing for the benchmarks and the demo."""
+"""Side-by-side timing for the benchmarks and the demo, and the engine benchmark (`atspeed bench engine`)."""
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 from atspeed.beamsd4timing import Timer
 
@@ -19,3 +22,146 @@ def compare(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str,
                 outputs[name] = fn()
             times[name].append(1e3 * t.time_cost)
     return {name: (statistics.median(times[name]), outputs[name]) for name in methods}
+
+
+# -- the hardware's limits, measured in the same run ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peak:
+    flops: float  # dense matmul FLOP/s in the model's dtype
+    bytes_per_s: float  # memory copy bandwidth (read + write)
+
+
+def measure_peak(device: torch.device | str, dtype: torch.dtype) -> Peak:
+    """Best of a few large matmuls and copies: the roofline the decode is compared with."""
+    n = 4096 if torch.device(device).type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    flops = 2 * n**3 / _best_seconds(lambda: a @ a)
+    src = torch.empty(64 * 2**20 if torch.device(device).type == "cpu" else 1024 * 2**20, dtype=torch.uint8,
+                      device=device)
+    dst = torch.empty_like(src)
+    bandwidth = 2 * src.numel() / _best_seconds(lambda: dst.copy_(src))
+    return Peak(flops, bandwidth)
+
+
+def _best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        with Timer() as t:
+            fn()
+        best = min(best, t.time_cost)
+    return best
+
+
+def decode_roofline_s(model: torch.nn.Module, peak: Peak, batch: int, prompt: int, beams: int, new: int) -> float:
+    """Lower bound on one tree-attention decode of `batch` requests: every forward reads all weights
+    once (prefill + new - 1 levels), and does 2 FLOPs per weight per token (prompt once, K tokens a
+    level; the LM head only where logits are needed); the larger of the two bounds. Attention FLOPs
+    are left out (small at these lengths)."""
+    weights = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    embed = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight.numel()  # only where logits are needed
+    tokens = batch * (prompt + (new - 1) * beams)
+    logit_rows = batch * (1 + (new - 1) * beams)
+    memory_s = new * weight_bytes / peak.bytes_per_s
+    compute_s = 2 * ((weights - embed - head) * tokens + head * logit_rows) / peak.flops
+    return max(memory_s, compute_s)
+
+
+# -- the engine benchmark ---------------------------------------------------------------------------
+
+ENGINE_METHODS = ("hf", "hf-static", "tree", "engine", "engine+sd", "engine+sd-noisy")
+
+
+@dataclass
+class EngineCell:
+    batch: int
+    beams: int
+    ms: dict[str, float]  # per request, median of the repeats; missing: not run (see notes)
+    differ: list[str]  # methods whose sequences differ from HF's (from the engine's where HF did not run)
+    roofline_ms: float
+    notes: list[str]
+
+
+def engine_cell(
+    target: torch.nn.Module,
+    draft: torch.nn.Module,
+    noisy_draft: torch.nn.Module,
+    peak: Peak,
+    *,
+    batch: int,
+    beams: int,
+    prompt: int = 84,
+    new: int = 4,
+    draft_beams: int = 40,
+    gamma: int = 3,
+    repeats: int = 3,
+    methods: tuple[str, ...] = ENGINE_METHODS,
+    hf_max_rows: int = 4096,
+) -> EngineCell:
+    """Time every method on the same `batch` random prompts (no padding) at K = `beams`."""
+    from atspeed.beamsd import beam_search_by_SD
+    from atspeed.hf.generate import generate_with_tree_attention
+
+    device = next(target.parameters()).device
+    g = torch.Generator().manual_seed(batch * 1000 + beams)
+    ids = torch.randint(3, target.config.vocab_size, (batch, prompt), generator=g).to(device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    common = dict(max_new_tokens=new, num_beams=beams, num_return_sequences=beams, pad_token_id=0, eos_token_id=None)
+    notes: list[str] = []
+
+    def sd(d: torch.nn.Module) -> Callable[[], torch.Tensor]:
+        return lambda: beam_search_by_SD(target, d, inputs, new, gamma, beams, max(beams, draft_beams),
+                                         eos_token_id=None, pad_token_id=0)["beam_sequences"]
+
+    runs: dict[str, Callable[[], torch.Tensor]] = {
+        "hf": lambda: target.generate(**inputs, **common),
+        "hf-static": lambda: target.generate(**inputs, **common, cache_implementation="static"),
+        "tree": lambda: generate_with_tree_attention(target, always_beam=True, engine="dynamic", **inputs, **common),
+        "engine": lambda: generate_with_tree_attention(target, always_beam=True, **inputs, **common),
+        "engine+sd": sd(draft),
+        "engine+sd-noisy": sd(noisy_draft),
+    }
+    runs = {name: fn for name, fn in runs.items() if name in methods}
+    if batch * beams > hf_max_rows:
+        for name in ("hf", "hf-static"):
+            if runs.pop(name, None) is not None:
+                notes.append(f"{name} not run: {batch * beams} beam rows > --hf-max-rows {hf_max_rows}")
+    outputs: dict[str, torch.Tensor] = {}
+    ms: dict[str, float] = {}
+    with torch.inference_mode():
+        for name in [n for n in ("hf", "hf-static") if n in runs]:  # the slow ones: fewer repeats, OOM reported
+            try:
+                (t, out), = compare({name: runs.pop(name)}, 1 if batch * beams > 256 else repeats).values()
+                ms[name], outputs[name] = t / batch, out
+            except torch.OutOfMemoryError:
+                notes.append(f"{name}: out of memory")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        for name, (t, out) in compare(runs, repeats).items():
+            ms[name], outputs[name] = t / batch, out
+    reference = outputs.get("hf", outputs.get("engine"))  # every method is exact: all must return it
+    differ = [name for name, out in outputs.items() if not torch.equal(out, reference)]
+    roofline = 1e3 * decode_roofline_s(target, peak, batch, prompt, beams, new) / batch
+    return EngineCell(batch, beams, ms, differ, roofline, notes)
+
+
+def format_engine_table(cells: list[EngineCell], methods: tuple[str, ...] = ENGINE_METHODS) -> str:
+    """ms per request of each method, users/s and speedup of the engine over HF, and the engine's
+    distance to the roofline."""
+    head = f"{'B':>3} {'K':>4} " + " ".join(f"{m:>15}" for m in methods)
+    head += f" {'engine users/s':>14} {'engine x HF':>11} {'roofline ms':>11} {'engine/roof':>11}  differ"
+    lines = [head]
+    for c in cells:
+        row = f"{c.batch:>3} {c.beams:>4} " + " ".join(f"{c.ms[m]:>15.2f}" if m in c.ms else f"{'-':>15}" for m in methods)
+        engine = c.ms.get("engine")
+        users = f"{1e3 / engine:>14.1f}" if engine else f"{'-':>14}"
+        gain = f"{c.ms['hf'] / engine:>10.2f}x" if engine and "hf" in c.ms else f"{'-':>11}"
+        roof = f"{engine / c.roofline_ms:>10.1f}x" if engine else f"{'-':>11}"
+        row += f" {users} {gain} {c.roofline_ms:>11.3f} {roof}  {','.join(c.differ) or 'none'}"
+        lines.append(row)
+        lines += [f"         note: {n}" for n in c.notes]
+    return "\n".join(lines)
