@@ -10,19 +10,67 @@
     atspeed bench decode | trie       speed benchmarks on built-in models
 
 Item ids on the command line are the ones in `sequential_*.txt` (1-based); the Python API is 0-based.
+
+Bad input (a missing or broken file, a wrong option value) ends with one line `Error: ...` that
+names the file or option, and exit status 2; `atspeed --debug COMMAND` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import torch
 
-from atspeed.rec.data import eval_cases, load_dataset
-from atspeed.rec.recommend import METHODS, PRETRAINED
+from atspeed.rec.data import eval_cases, find_index_file, load_dataset, load_index
+from atspeed.rec.recommend import METHODS, PRETRAINED, check_k, check_method
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# what the library raises for bad input (files, folders, values, unsupported settings): shown as one line
+USER_ERRORS = (ValueError, OSError, NotImplementedError)
+
+
+class InputError(click.ClickException):
+    """A problem with the command's input or files: `Error: <message>` on one line, exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(message.split()))
+
+
+class _Commands(click.Group):
+    """The `atspeed` group: a library error caused by the user's input becomes an InputError."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            if ctx.params.get("debug"):
+                raise
+            raise InputError(str(e)) from e
+
+
+@contextlib.contextmanager
+def _about(option: str) -> Iterator[None]:
+    """A ValueError raised inside is reported as a bad value of `option`."""
+    try:
+        yield
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=option) from e
+
+
+def _ray_engine():
+    """atspeed.rec.ray_engine, or an error that says how to install Ray."""
+    try:
+        import atspeed.rec.ray_engine as engine
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "ray":
+            raise
+        raise InputError('--engine ray needs Ray, which is not installed: pip install "atspeed[ray]"') from e
+    return engine
 
 
 def _ks(value: str) -> list[int]:
@@ -43,8 +91,9 @@ def _methods(value: str) -> list[str]:
     return methods
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, envvar="ATSPEED_DEBUG", help="show the traceback of an error")
+def main(debug: bool) -> None:
     """atspeed: fast beam search by tree attention and speculative beam search, for LLM-based
     generative recommendation and any Hugging Face causal LM."""
 
@@ -109,13 +158,16 @@ def data_prepare(log: Path, out: Path, name: str, user_col: str, item_col: str, 
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--resume/--no-resume", default=True, show_default=True, help="continue from OUT's last checkpoint")
+@click.option("--save-steps", type=click.IntRange(min=1), default=500, show_default=True,
+              help="steps between checkpoints (the last 2 are kept)")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="continue from OUT's last complete checkpoint")
 @click.option("--allow-duplicate-ids", is_flag=True, help="accept an index where items share a semantic ID")
 def train(data_dir: Path, out: Path, kind: str, epochs: float, max_steps: int, batch_size: int, lr: float,
-          seed: int, resume: bool, allow_duplicate_ids: bool) -> None:
+          seed: int, save_steps: int, resume: bool, allow_duplicate_ids: bool) -> None:
     """Train a recommender from scratch on DATA_DIR's train split; the model lands in OUT/final."""
     final = _train_recipe(data_dir, out, kind, allow_duplicate_ids=allow_duplicate_ids, seed=seed, epochs=epochs,
-                          max_steps=max_steps, batch_size=batch_size, lr=lr, resume=resume)
+                          max_steps=max_steps, batch_size=batch_size, lr=lr, save_steps=save_steps, resume=resume)
     click.echo(f"saved {final}")
 
 
@@ -124,6 +176,7 @@ def _train_recipe(data_dir: Path, out: Path, kind: str, *, allow_duplicate_ids: 
     """A fresh model of recipe `kind`, seeded, trained on `data_dir` (settings go to atspeed.rec.train.train)."""
     from atspeed.rec.recipes import new_model
     from atspeed.rec.tokenizer import build_tokenizer
+    from atspeed.rec.train import last_checkpoint
     from atspeed.rec.train import train as run_training
 
     ds = load_dataset(data_dir, allow_duplicate_ids=allow_duplicate_ids)
@@ -132,6 +185,9 @@ def _train_recipe(data_dir: Path, out: Path, kind: str, *, allow_duplicate_ids: 
     model = new_model(kind, tokenizer)
     click.echo(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
                f"{ds.name} ({ds.num_items} items)")
+    checkpoint = last_checkpoint(out) if settings.get("resume", True) and out.is_dir() else None
+    if checkpoint is not None:
+        click.echo(f"resuming from {checkpoint}")
     return run_training(model, tokenizer, ds, out, seed=seed, **settings)
 
 
@@ -210,7 +266,7 @@ def evaluate(data_dir, target, draft, ks, methods, users, batch_size, draft_beam
               help="batch job: users.parquet or users.jsonl with columns user, history (1-based items)")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="batch job: lists.parquet (user, items, scores); bad rows go to lists.errors.parquet")
-@click.option("-k", "--top-k", "k", default=10, show_default=True)
+@click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--method", type=click.Choice(METHODS), default="tree", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -227,48 +283,54 @@ def recommend(data_dir: Path, target: Path, draft: Path | None, history: str | N
     """Top-K next items: for one --history (printed), or for every user of --input (written to --output)."""
     if (history is None) == (input_path is None):
         raise click.UsageError("give exactly one of --history (one user) or --input (a batch job).")
+    if input_path is not None and output is None:
+        raise click.UsageError("--input needs --output (a .parquet file).")
+    with _about("--draft"):
+        check_method(method, has_draft=draft is not None)
+    num_items = len(load_index(find_index_file(data_dir), allow_duplicate_ids=True))
+    with _about("-k"):
+        check_k(k, num_items)
     if input_path is not None:
-        if output is None:
-            raise click.UsageError("--input needs --output (a .parquet file).")
         _recommend_batch(input_path, output, target, data_dir, draft, k, method, batch_size, device, engine,
                          actors, gpus_per_actor, cpus_per_actor, ray_address, overwrite)
         return
     from atspeed.rec.recommend import load_recommender
     from atspeed.rec.recommend import recommend as run
 
-    try:
-        items = [int(x) - 1 for x in history.replace(",", " ").split()]
-    except ValueError:
-        raise click.BadParameter(f"expected item ids like '12 7 301', got {history!r}",
-                                 param_hint="--history") from None
+    items = _history(history, num_items)
     rec = load_recommender(target, data_dir, draft, device=device, allow_duplicate_ids=True)
-    bad = [i + 1 for i in items if not 0 <= i < rec.num_items]
-    if bad:
-        raise click.BadParameter(f"items {bad} are not in the catalogue (1 … {rec.num_items})",
-                                 param_hint="--history")
     out = run(rec, [items], k, method=method)
     click.echo(f"{'rank':>4} {'item':>7} {'score':>9}  semantic ID")
     for rank, (item, score) in enumerate(zip(out.items[0], out.scores[0].tolist(), strict=True), start=1):
         click.echo(f"{rank:>4} {item + 1:>7} {score:>9.4f}  {''.join(rec.index[item])}")
 
 
+def _history(text: str, num_items: int) -> list[int]:
+    """--history's 1-based item ids as 0-based ids, all in the catalogue."""
+    try:
+        items = [int(x) - 1 for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise click.BadParameter(f"expected item ids like '12 7 301', got {text!r}", param_hint="--history") from None
+    if not items:
+        raise click.BadParameter("the history is empty: give at least one item id", param_hint="--history")
+    bad = [i + 1 for i in items if not 0 <= i < num_items]
+    if bad:
+        raise click.BadParameter(f"items {bad} are not in the catalogue (1 … {num_items})", param_hint="--history")
+    return items
+
+
 def _recommend_batch(input_path: Path, output: Path, target: Path, data_dir: Path, draft: Path | None, k: int,
                      method: str, batch_size: int, device: str, engine: str, actors: int, gpus_per_actor: float,
                      cpus_per_actor: float, ray_address: str | None, overwrite: bool) -> None:
     settings = dict(k=k, method=method, batch_size=batch_size, overwrite=overwrite, allow_duplicate_ids=True)
-    try:
-        if engine == "ray":
-            from atspeed.rec.ray_engine import run_ray
+    if engine == "ray":
+        result = _ray_engine().run_ray(input_path, output, target, data_dir, draft, num_actors=actors,
+                                       num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor,
+                                       address=ray_address, **settings)
+    else:
+        from atspeed.rec.batch import run_local
 
-            result = run_ray(input_path, output, target, data_dir, draft, num_actors=actors,
-                             num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor,
-                             address=ray_address, **settings)
-        else:
-            from atspeed.rec.batch import run_local
-
-            result = run_local(input_path, output, target, data_dir, draft, device=device, **settings)
-    except (FileExistsError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        result = run_local(input_path, output, target, data_dir, draft, device=device, **settings)
     click.echo(f"{result.users} users -> {result.output}; {result.errors} bad rows -> {result.errors_output}; "
                f"{result.users_per_second:.1f} users/s ({engine})")
 
@@ -303,9 +365,7 @@ def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, ch
     rec = load_recommender(target, data_dir, device=device, dtype=DTYPES[dtype], allow_duplicate_ids=True)
     rank = None
     if engine == "ray":
-        from atspeed.rec.ray_engine import rank_histories
-
-        rank = partial(rank_histories, k=k, target_dir=target, data_dir=data_dir, batch_size=batch_size,
+        rank = partial(_ray_engine().rank_histories, k=k, target_dir=target, data_dir=data_dir, batch_size=batch_size,
                        allow_duplicate_ids=True, num_actors=actors, num_gpus_per_actor=gpus_per_actor,
                        address=ray_address)
     path = generate_teacher_data(rec, load_dataset(data_dir, allow_duplicate_ids=True), out, k=k,

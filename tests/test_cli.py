@@ -134,7 +134,7 @@ def test_recommend_refuses_to_overwrite_a_batch_output_without_the_flag(data_dir
             "--output", tmp_path / "lists.parquet"]
     run(*args)
     result = run(*args, ok=False)
-    assert result.exit_code == 1 and "exists" in result.output
+    assert result.exit_code == 2 and "exists" in result.output
     run(*args, "--overwrite")
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -101,7 +102,10 @@ def read_users(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
-    names = pq.read_schema(path).names
+    try:
+        names = pq.read_schema(path).names
+    except pa.ArrowException as e:
+        raise ValueError(f"{path}: not a readable Parquet file ({e}).") from None
     missing = [c for c in ("user", "history") if c not in names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected 'user' and 'history' (1-based item ids).")
@@ -111,6 +115,11 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PAR1") or b"\0" in head:  # Parquet magic; text never holds NUL bytes
+        raise ValueError(f"{path}: binary data (Parquet?), not JSON Lines text; a Parquet file needs the .parquet "
+                         "extension.")
     rows = []
     with path.open(encoding="utf-8", errors="replace") as f:
         for row, line in enumerate(f):
@@ -301,9 +310,14 @@ def check_output(output: str | os.PathLike, overwrite: bool) -> None:
         raise ValueError(f"{output}: the output must be a .parquet file.")
     if not output.parent.is_dir():
         raise FileNotFoundError(f"{output.parent}: no such folder for the output.")
+    try:  # a folder we cannot write to is found now, not after decoding every user
+        tempfile.TemporaryFile(dir=output.parent).close()
+    except OSError as e:
+        raise PermissionError(f"{output.parent}: cannot write the output there ({e.strerror}).") from None
     existing = [p for p in (output, errors_path(output)) if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists: choose another output path, or overwrite it "
+        unfinished = "" if output.exists() else f" without {output.name} (left by a run that did not finish)"
+        raise FileExistsError(f"{existing[0]} exists{unfinished}: choose another output path, or overwrite it "
                               "(overwrite=True, --overwrite).")
 
 

@@ -86,7 +86,7 @@ def check_log(
     if missing:
         raise ValueError(
             f"{source}: missing column(s) {missing}; it has {list(log.columns)}. "
-            "Name the right ones with user_col=, item_col=, time_col=."
+            "Name the right ones with --user-col, --item-col, --time-col (Python: user_col=, item_col=, time_col=)."
         )
     if len(log) == 0:
         raise ValueError(f"{source}: the log is empty (no interactions).")

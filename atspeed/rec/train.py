@@ -5,8 +5,11 @@ the answer is the next item's L tokens + `</s>`. Only the answer is supervised (
 are -100), since the model is only ever asked to continue a history, never to write one; EOS is
 supervised so that a finished item ends, as the trie constraint expects.
 
-Checkpoints are the Trainer's own (safetensors, rotated by `save_total_limit`), so a stopped run
-resumes with its optimizer, scheduler, RNG and data position. The result is `out_dir/final`, a
+Checkpoints are the Trainer's own (safetensors, every `save_steps`, rotated by `save_total_limit`),
+so a stopped run resumes with its optimizer, scheduler, RNG and data position. The Trainer writes a
+checkpoint's files one after another, so a run killed while saving leaves a checkpoint without some
+of them; a file `COMPLETE` marks the ones whose saving finished, and a resumed run starts from the
+newest marked one and deletes the unmarked ones. The result is `out_dir/final`, a
 plain `save_pretrained` folder (model + tokenizer) that `AutoModelForCausalLM.from_pretrained` and
 `AutoTokenizer.from_pretrained` load; it is written to a temporary folder first and renamed, so it
 is either complete or absent.
@@ -17,22 +20,32 @@ versions accept with the same meaning (safetensors is the default in both, so it
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
-from atspeed.files import write_dir
+from atspeed.files import write_dir, write_text
 from atspeed.hf.compat import make_tokenizer_portable
 from atspeed.rec.data import MAX_HISTORY, RecDataset, Sample, train_samples
 from atspeed.rec.tokenizer import ItemVocab, encode_history, item_vocab
 
 IGNORE = -100  # label value the loss skips
+COMPLETE = "COMPLETE"  # in a checkpoint folder: its saving finished
+log = logging.getLogger(__name__)
 
 
 class SampleDataset(Dataset):
@@ -85,10 +98,15 @@ def train(
 ) -> Path:
     """Train `model` in place on `dataset`'s train split; return `out_dir/final` (model + tokenizer).
 
-    With `resume` and a `checkpoint-*` folder in `out_dir`, training continues from the latest one
-    (then `model` only supplies the architecture: its weights are replaced by the checkpoint's).
-    `max_steps` > 0 overrides `epochs`.
+    With `resume` and a complete `checkpoint-*` folder in `out_dir`, training continues from the
+    latest one (then `model` only supplies the architecture: its weights are replaced by the
+    checkpoint's). `max_steps` > 0 overrides `epochs`. At least 2 checkpoints are kept, so that a
+    crash while one is saved leaves the one before.
     """
+    if save_steps < 1:
+        raise ValueError(f"save_steps must be >= 1, got {save_steps}.")
+    if save_total_limit is not None and save_total_limit < 2:
+        raise ValueError(f"save_total_limit must be >= 2 (or None), got {save_total_limit}.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
@@ -116,10 +134,34 @@ def train(
         train_dataset=SampleDataset(dataset, tokenizer),
         data_collator=partial(pad_right, pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,  # checkpoints then hold the tokenizer too
+        callbacks=[_MarkComplete()],
     )
-    checkpoint = get_last_checkpoint(str(out_dir)) if resume else None
-    trainer.train(resume_from_checkpoint=checkpoint)
+    checkpoint = last_checkpoint(out_dir) if resume else None
+    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     return save_final(trainer.model, tokenizer, out_dir)
+
+
+class _MarkComplete(TrainerCallback):
+    """Marks a checkpoint COMPLETE once the Trainer has written all of its files."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            write_text(Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE, f"{state.global_step}\n")
+
+
+def last_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete `checkpoint-N` in `out_dir` (None if there is none); incomplete ones, left by a
+    run killed while saving, are deleted (a resumed run would otherwise fail on them or rotate them in)."""
+    out_dir = Path(out_dir)
+    steps = {int(m[1]): p for p in out_dir.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
+    complete = None
+    for step, path in sorted(steps.items()):
+        if (path / COMPLETE).exists():
+            complete = path
+        else:
+            log.warning("removing %s: a run was stopped while saving it", path)
+            shutil.rmtree(path)
+    return complete
 
 
 def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike) -> Path:
