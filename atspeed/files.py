@@ -3,20 +3,55 @@
 Everything atspeed writes (datasets, models, teacher data, reports, batch outputs) goes through
 here: the content is written to a temporary name in the same folder, flushed, then renamed, so an
 error or a crash leaves the old file (or nothing), never half of a new one.
+
+A temporary's name holds the writer's host and process id (`.lists.parquet.tmp-HOST-PID-…`), so
+the next write of the same path removes what a killed writer on this machine left behind, and
+never the temporaries of a writer that is still running.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import socket
 import tempfile
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-{_HOST}-{os.getpid()}-"
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of `path` left by writers on this machine that are no longer running."""
+    path = Path(path)
+    prefix = f".{path.name}.tmp-{_HOST}-"
+    removed = []
+    for tmp in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = tmp.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
 
 def _temp_file(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes it private; our outputs are not
     return Path(tmp)
@@ -78,11 +113,12 @@ def write_dir(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call `write(temp_folder)`, then put the folder at `path`, replacing an older one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path)))
     try:
         os.chmod(tmp, 0o755)
         write(tmp)
-        old = path.parent / f".{path.name}-old-{uuid.uuid4().hex}"
+        old = Path(f"{tmp}.old")
         if path.exists():
             os.replace(path, old)  # a folder cannot be renamed over a non-empty one
         os.replace(tmp, path)
