@@ -5,42 +5,15 @@
     out["time_cost"], out["draft_time_cost"], out["target_time_cost"], out["verify_time_cost"]
 
 Same algorithm as `beam_search_by_SD` (one implementation, instrumented through a hook); on a GPU
-each phase is bracketed by CUDA synchronisation so the times are real.
+each phase is bracketed by CUDA synchronisation so the times are real (`atspeed.timing.Timer`).
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import ContextDecorator
 from typing import Any
 
-import torch
-
 from atspeed.beamsd import beam_search_by_SD
-
-
-def _sync() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-class Timer(ContextDecorator):
-    """Wall-clock timer, CUDA-synchronised. `with Timer() as t: ...; t.time_cost` (seconds), or as a
-    decorator (`@Timer()`), where `time_cost` accumulates over calls."""
-
-    def __init__(self) -> None:
-        self.time_cost = 0.0
-        self._start = 0.0
-
-    def __enter__(self) -> "Timer":
-        _sync()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> bool:
-        _sync()
-        self.time_cost += time.perf_counter() - self._start
-        return False
+from atspeed.timing import Timer  # the original package exported it from here
 
 
 def beam_search_by_SD_4timing(target_model, draft_model, inputs, **kwargs: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from atspeed.beamsd4timing import Timer
+from atspeed.timing import Timer
 
 
 def compare(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, object]]:

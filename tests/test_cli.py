@@ -80,7 +80,7 @@ def test_evaluate_prints_the_table_and_writes_the_report(data_dir, model_dir, tm
               "--users", 3, "--out", tmp_path).output
     assert "speculative-relaxed" in out and "lists != HF" in out
     payload = json.loads((tmp_path / "results.json").read_text())
-    assert len(payload["results"]) == 2 * 4 and payload["meta"]["users"] == 3
+    assert len(payload["results"]) == 2 * 5 and payload["meta"]["users"] == 3  # 2 Ks x 5 methods
     assert (tmp_path / "results.png").exists() and (tmp_path / "results.csv").exists()
 
 
@@ -94,7 +94,7 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path):
     assert "synthetic dataset (not real users)" in out
     assert "speculative" in out and "tree" in out
     results = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert {r["method"] for r in results} == {"hf", "tree", "speculative", "speculative-relaxed"}
+    assert {r["method"] for r in results} == {"hf", "tree", "speculative", "hf-sample", "speculative-relaxed"}
     assert all(r["mismatches"] == 0 for r in results if r["method"] in ("tree", "speculative"))
 
 

@@ -6,17 +6,19 @@ teacher-data generation all decode the same way:
     hf                    HF `generate(num_beams=K)`: the reference beam search
     tree                  tree-attention beam search (exactly HF's result)
     speculative           speculative beam search, strict verification (exactly HF's result)
+    hf-sample             HF `generate(do_sample=True, num_beams=K)`: the reference beam sampling
     speculative-relaxed   beam sampling with the paper's relaxed verification (a sample, not HF's)
 
 Every method is constrained by the item trie (draft and target alike), generates the L tokens of
-one item, and returns the K items best first with their beam scores.
+one item, and returns the K items best first with their beam scores. The fast methods call the
+decoding core's entry points (`atspeed.hf`), never the original package's API (`atspeed.beamsd`),
+and every method yields the same result type (`TreeBeamOutput`: sequences, scores, stats).
 """
 
 from __future__ import annotations
 
 import numbers
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,15 +35,19 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
+from atspeed.decoding.speculative import DraftSchedule
+from atspeed.hf.generate import TreeBeamOutput, generate_with_tree_attention
+from atspeed.hf.speculative import generate_speculative
 from atspeed.rec.data import MAX_HISTORY, SemanticID, find_index_file, load_index
 from atspeed.rec.tokenizer import ItemVocab, decode_items, encode_prompts, item_vocab
 from atspeed.rec.trie import ItemTrie, TrieLogitsProcessor, build_trie
+from atspeed.timing import Timer
 
-METHODS = ("hf", "tree", "speculative", "speculative-relaxed")
+METHODS = ("hf", "tree", "speculative", "hf-sample", "speculative-relaxed")
 # small recommenders trained on the synthetic dataset, shipped for the demo (see its README)
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 SPECULATIVE = ("speculative", "speculative-relaxed")
+SAMPLING = ("hf-sample", "speculative-relaxed")  # seeded draws, not the K best: ranked by score after
 
 
 @dataclass(frozen=True)
@@ -242,7 +248,8 @@ def recommend(
     """The top-`k` items for each history (0-based item ids, oldest first; the last `max_history` are used).
 
     Users are decoded `batch_size` at a time (left-padded). Speculative methods need `rec.draft`
-    and use N = `draft_beams` (default 2K) draft beams and `gamma` drafted levels per round.
+    and use N = `draft_beams` (default 2K) draft beams and `gamma` drafted levels per round. The
+    sampling methods are seeded with `seed`, and their K draws are returned best score first.
     """
     check_method(method, has_draft=rec.draft is not None)
     check_k(k, rec.num_items)
@@ -253,26 +260,24 @@ def recommend(
     out = Recommendations(items=[], scores=torch.empty(0, k))
     scores = []
     calls = _CallCounter(rec.target)
-    if method == "speculative-relaxed":
+    if method in SAMPLING:
         torch.manual_seed(seed)
     with calls, torch.inference_mode():
         for batch in tqdm(_batches(histories, batch_size), total=-(-len(histories) // batch_size),
                           desc=method, unit="batch", disable=not progress, leave=False):
             calls.count = 0
-            start = _now(rec.target.device)
-            seqs, batch_scores, stats = _decode(rec, batch, k, method, draft_beams or 2 * k, gamma)
-            elapsed = _now(rec.target.device) - start
-            prompt_len = seqs.shape[1] - rec.vocab.id_length
-            items = decode_items(rec.vocab, seqs[:, prompt_len:].cpu())
-            if None in items:  # the trie makes this impossible; never hand out a wrong item silently
-                raise RuntimeError(f"Decoding produced an invalid item for method {method!r}.")
-            out.items += [items[b * k : (b + 1) * k] for b in range(len(batch))]
-            scores.append(batch_scores.view(len(batch), k).float().cpu())
-            out.seconds += elapsed
+            with Timer(rec.target.device) as timer:
+                decoded = _decode(rec, batch, k, method, draft_beams or 2 * k, gamma)
+            items, batch_scores = _ranked_items(rec, decoded, len(batch), k, method)
+            out.items += items
+            scores.append(batch_scores)
+            stats = {key: decoded.stats[key] for key in ("n_run", "total_accept_steps") if key in decoded.stats}
+            out.seconds += timer.time_cost
             out.target_calls += calls.count * len(batch)
             out.rounds += stats.get("n_run", 0)
             out.accepted_levels += stats.get("total_accept_steps", 0)
-            out.per_batch.append({"users": len(batch), "seconds": elapsed, "target_calls": calls.count, **stats})
+            out.per_batch.append({"users": len(batch), "seconds": timer.time_cost, "target_calls": calls.count,
+                                  **stats})
     out.scores = torch.cat(scores) if scores else out.scores
     out.target_calls /= max(1, len(histories))
     return out
@@ -285,46 +290,65 @@ def _batches(histories: Sequence[tuple[int, ...]], size: int) -> Iterator[Sequen
 
 def _decode(
     rec: Recommender, histories: Sequence[Sequence[int]], k: int, method: str, draft_beams: int, gamma: int
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """One batch: ([B*k, prompt_len + L] sequences, [B*k] scores, speculative counters)."""
+) -> TreeBeamOutput:
+    """One batch through the method's own entry point: [B*k, prompt_len + L] sequences, [B*k] scores
+    and the core's counters (speculative: n_run rounds, total_accept_steps)."""
     input_ids, attention_mask = encode_prompts(rec.vocab, histories)
     device = rec.target.device
-    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
     processor = TrieLogitsProcessor(rec.trie, input_ids.shape[1], eos_token_id=rec.vocab.eos_token_id)
     settings = dict(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
         logits_processor=LogitsProcessorList([processor]),
         max_new_tokens=rec.vocab.id_length,
+        num_beams=k,
+        num_return_sequences=k,
+        do_sample=method in SAMPLING,
         pad_token_id=rec.vocab.pad_token_id,
         eos_token_id=rec.vocab.eos_token_id,
+        return_dict_in_generate=True,
+        output_scores=True,
     )
-    if method == "hf":
-        out = rec.target.generate(**inputs, num_beams=k, num_return_sequences=k, do_sample=False,
-                                  return_dict_in_generate=True, output_scores=True, output_logits=k == 1,
-                                  **settings)
-        return out.sequences, out.sequences_scores if k > 1 else _greedy_scores(out), {}
+    if method in ("hf", "hf-sample"):
+        return _hf_generate(rec.target, **settings)
     if method == "tree":
-        out = beam_search_by_TreeAttn(rec.target, inputs, beam_size=k, **settings)
-        return out["beam_sequences"], out["beam_scores"], {}
-    out = beam_search_by_SD(rec.target, rec.draft, inputs, gamma=gamma, beam_size=k,
-                            draft_beam_size=max(k, draft_beams), do_sample=method == "speculative-relaxed",
-                            **settings)
-    stats = {"n_run": out["n_run"], "total_accept_steps": out["total_accept_steps"]}
-    return out["beam_sequences"], out["beam_scores"], stats
+        return generate_with_tree_attention(rec.target, always_beam=True, **settings)
+    return generate_speculative(rec.target, rec.draft, draft_beams=max(k, draft_beams), schedule=DraftSchedule(gamma),
+                                **settings)
 
 
-def _greedy_scores(out) -> torch.Tensor:
-    """HF's K = 1 is greedy search, which keeps no beam score: the same score from its raw logits
-    (sum of the chosen tokens' log-probabilities over the generated length, as beam search reports)."""
+def _hf_generate(model: PreTrainedModel, **settings: object) -> TreeBeamOutput:
+    """HF's own generate(), in the core's result type. K = 1 runs greedy search or plain sampling,
+    which keep no sequence score: the same score is computed from the raw logits."""
+    one = settings["num_beams"] == 1
+    out = model.generate(**settings, output_logits=one)
+    return TreeBeamOutput(sequences=out.sequences, sequences_scores=_logit_scores(out) if one else out.sequences_scores,
+                          stats={})
+
+
+def _logit_scores(out) -> torch.Tensor:
+    """Beam search's score of a 1-beam output: the chosen tokens' log-probabilities (before the
+    logits processors, as beam search takes them), summed and divided by the generated length."""
     logits = torch.stack(out.logits, 1).float()  # [B, L, V]
     chosen = out.sequences[:, -logits.shape[1] :]  # [B, L]
     log_probs = logits.log_softmax(-1).gather(-1, chosen[..., None])[..., 0]
     return log_probs.sum(-1) / logits.shape[1]
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+def _ranked_items(
+    rec: Recommender, decoded: TreeBeamOutput, users: int, k: int, method: str
+) -> tuple[list[list[int]], torch.Tensor]:
+    """Each user's K items and [users, K] scores, best first (beam search returns them so; a
+    sampler's draws are sorted here, stably)."""
+    seqs = decoded.sequences
+    items = decode_items(rec.vocab, seqs[:, seqs.shape[1] - rec.vocab.id_length :].cpu())
+    if None in items:  # the trie makes this impossible; never hand out a wrong item silently
+        raise RuntimeError(f"Decoding produced an invalid item for method {method!r}.")
+    scores = decoded.sequences_scores.view(users, k).float().cpu()  # [users, K]
+    order = torch.arange(k).expand(users, k)
+    if method in SAMPLING:
+        scores, order = scores.sort(dim=1, descending=True, stable=True)
+    return [[items[u * k + j] for j in row] for u, row in enumerate(order.tolist())], scores
 
 
 class _CallCounter:

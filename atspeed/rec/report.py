@@ -1,5 +1,9 @@
 """The evaluation table in the terminal, as JSON and CSV, and as a PNG plot.
 
+Each row's speedup is over its `baseline`, the target's own decoding of the same kind: HF beam
+search (`hf`) for the beam-search methods, HF beam sampling (`hf-sample`) for relaxed speculative
+decoding, which samples (its recall is a sampler's; compare it with `hf-sample`, not with `hf`).
+
 Files are written next to each other under one folder, each atomically (atspeed.files).
 """
 
@@ -22,6 +26,7 @@ from atspeed.rec.evaluate import MethodResult
 COLUMNS = {
     "k": "K",
     "method": "method",
+    "baseline": "baseline",
     "recall": "Recall@K",
     "ndcg": "NDCG@K",
     "ms_per_user": "ms/user",
@@ -39,6 +44,7 @@ def results_frame(rows: Sequence[MethodResult]) -> pd.DataFrame:
 def format_table(rows: Sequence[MethodResult]) -> str:
     """A fixed-width table for the terminal ('-' where a value does not apply)."""
     frame = results_frame(rows)[list(COLUMNS)].rename(columns=COLUMNS)
+    frame["baseline"] = frame["baseline"].fillna("-")
     formats = {
         "Recall@K": "{:.4f}", "NDCG@K": "{:.4f}", "ms/user": "{:.1f}", "speedup vs HF": "{:.2f}x",
         "target calls/user": "{:.2f}", "accepted levels/round": "{:.2f}", "lists != HF": "{:.0f}",
@@ -57,7 +63,8 @@ def plot(rows: Sequence[MethodResult], path: str | os.PathLike, title: str = "")
             ax_speed.plot(part["k"], part["speedup_vs_hf"], marker="o", label=method)
         ax_recall.plot(part["k"], part["recall"], marker="o", label=method)
     ax_speed.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax_speed.set(xlabel="K (beams = items returned)", ylabel="speedup vs HF beam search (wall time)")
+    ax_speed.set(xlabel="K (beams = items returned)",
+                 ylabel="speedup vs HF (beam search; beam sampling for samplers)")
     ax_recall.set(xlabel="K", ylabel="Recall@K")
     for ax in (ax_speed, ax_recall):
         ax.set_xticks(sorted(frame["k"].unique()))

@@ -1,5 +1,6 @@
-"""evaluate_decoding(): one row per (K, method) with quality, speed and the mismatch count; the
-report writes the same rows as JSON, CSV and a PNG plot."""
+"""evaluate_decoding(): one row per (K, method) with quality, speed and the mismatch count, each
+row timed against its HF baseline (beam search, or beam sampling for the samplers); the report
+writes the same rows as JSON, CSV and a PNG plot."""
 
 from __future__ import annotations
 
@@ -40,16 +41,31 @@ def rows(rec, cases):
 
 def test_one_row_per_k_and_method_in_order(rows):
     assert [(r.k, r.method) for r in rows] == [
-        (k, m) for k in (2, 5) for m in ("hf", "tree", "speculative", "speculative-relaxed")
+        (k, m) for k in (2, 5) for m in ("hf", "tree", "speculative", "hf-sample", "speculative-relaxed")
     ]
 
 
-def test_exact_methods_show_zero_mismatches_and_relaxed_is_not_compared(rows):
+def test_exact_methods_show_zero_mismatches_and_samplers_are_not_compared(rows):
     by_method = {(r.k, r.method): r for r in rows}
     for k in (2, 5):
         assert by_method[k, "tree"].mismatches == 0
         assert by_method[k, "speculative"].mismatches == 0
+        assert by_method[k, "hf-sample"].mismatches is None
         assert by_method[k, "speculative-relaxed"].mismatches is None
+
+
+def test_relaxed_speculative_is_timed_against_hf_beam_sampling(rows):
+    by_method = {(r.k, r.method): r for r in rows}
+    for k in (2, 5):
+        relaxed, sample = by_method[k, "speculative-relaxed"], by_method[k, "hf-sample"]
+        assert (relaxed.baseline, sample.baseline) == ("hf-sample", "hf-sample")
+        assert relaxed.speedup_vs_hf == pytest.approx(sample.ms_per_user / relaxed.ms_per_user)
+
+
+def test_beam_search_methods_are_timed_against_hf_beam_search(rows):
+    for r in rows:
+        if r.method in ("hf", "tree", "speculative"):
+            assert r.baseline == "hf"
 
 
 def test_quality_is_recall_and_ndcg_of_the_returned_lists(rec, cases, rows):
@@ -63,7 +79,7 @@ def test_speedup_is_relative_to_hf_and_accepted_levels_only_for_speculative(rows
     for r in rows:
         assert r.speedup_vs_hf > 0
         assert (r.accepted_levels_per_round is not None) == r.method.startswith("speculative")
-        if r.method == "hf":
+        if r.method in ("hf", "hf-sample"):
             assert r.speedup_vs_hf == 1.0 and r.target_calls_per_user == 4
 
 
@@ -82,7 +98,14 @@ def test_without_a_draft_only_hf_and_tree_run(rec, cases):
 def test_without_hf_tree_is_the_reference_and_speedup_is_absent(rec, cases):
     rows = evaluate_decoding(rec, cases[:2], ks=(3,), methods=["tree", "speculative"], warmup=0, progress=False)
     assert [r.mismatches for r in rows] == [0, 0]
-    assert all(r.speedup_vs_hf is None for r in rows)
+    assert all(r.speedup_vs_hf is None and r.baseline is None for r in rows)
+
+
+def test_relaxed_without_hf_sample_has_no_speedup_rather_than_one_over_beam_search(rec, cases):
+    rows = evaluate_decoding(rec, cases[:2], ks=(3,), methods=["hf", "speculative-relaxed"], warmup=0,
+                             progress=False)
+    relaxed = rows[1]
+    assert (relaxed.baseline, relaxed.speedup_vs_hf) == (None, None)
 
 
 def test_no_users_is_an_error(rec):
@@ -102,6 +125,13 @@ def test_the_table_shows_every_row_with_dashes_where_a_value_does_not_apply(rows
     assert "lists != HF" in lines[0] and "speedup vs HF" in lines[0]
     relaxed = next(line for line in lines if "speculative-relaxed" in line)
     assert relaxed.rstrip().endswith("-")
+
+
+def test_the_table_names_each_rows_baseline(rows):
+    lines = format_table(rows).splitlines()
+    assert lines[0].split()[:3] == ["K", "method", "baseline"]
+    relaxed = next(line for line in lines if "speculative-relaxed" in line)
+    assert relaxed.split()[:3] == ["2", "speculative-relaxed", "hf-sample"]
 
 
 def test_the_report_writes_json_csv_and_png_with_the_same_rows(rows, tmp_path):

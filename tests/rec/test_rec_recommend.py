@@ -1,5 +1,5 @@
 """recommend(): every decoding method returns K valid, distinct items per user; the exact methods
-return HF's list; bad inputs (unknown items, mismatched vocabularies, missing draft) are refused."""
+return HF's list, the samplers seeded draws best first; bad inputs (unknown items, mismatched vocabularies, missing draft) are refused."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import copy
 
 import pytest
 import torch
+from transformers import LogitsProcessorList
 
 from atspeed.rec.recipes import new_model
 from atspeed.rec.recommend import build_recommender, load_recommender, recommend
-from atspeed.rec.tokenizer import build_tokenizer
+from atspeed.rec.tokenizer import build_tokenizer, decode_items, encode_prompts
 from atspeed.rec.train import save_final
+from atspeed.rec.trie import TrieLogitsProcessor
 
 HISTORIES = [(0, 5, 7, 9), (3,), (100, 200, 300, 400, 500, 1, 2), (42,)]
 
@@ -35,7 +37,7 @@ def rec(target, tokenizer, synthetic):
     return build_recommender(target, tokenizer, synthetic.index, draft)
 
 
-@pytest.mark.parametrize("method", ["hf", "tree", "speculative", "speculative-relaxed"])
+@pytest.mark.parametrize("method", ["hf", "tree", "speculative", "hf-sample", "speculative-relaxed"])
 def test_every_method_returns_k_distinct_catalogue_items_per_user(rec, method):
     out = recommend(rec, HISTORIES, 10, method=method, batch_size=3)
     assert len(out.items) == len(HISTORIES)
@@ -77,10 +79,36 @@ def test_target_calls_are_counted_per_user(rec):
     assert sd.rounds >= 2  # one or more per batch
 
 
-def test_relaxed_sampling_is_reproducible_with_a_seed(rec):
-    a = recommend(rec, HISTORIES, 5, method="speculative-relaxed", seed=7)
-    b = recommend(rec, HISTORIES, 5, method="speculative-relaxed", seed=7)
+@pytest.mark.parametrize("method", ["hf-sample", "speculative-relaxed"])
+def test_sampling_is_reproducible_with_a_seed(rec, method):
+    a = recommend(rec, HISTORIES, 5, method=method, seed=7)
+    b = recommend(rec, HISTORIES, 5, method=method, seed=7)
     assert a.items == b.items
+
+
+@pytest.mark.parametrize("method", ["hf-sample", "speculative-relaxed"])
+@pytest.mark.parametrize("k", [1, 6])
+def test_sampled_items_are_returned_best_score_first(rec, method, k):
+    out = recommend(rec, HISTORIES, k, method=method, seed=1)
+    assert torch.all(out.scores[:, :-1] >= out.scores[:, 1:]) and torch.isfinite(out.scores).all()
+
+
+def test_hf_sample_is_the_targets_own_trie_constrained_beam_sampling(rec):
+    """The same draws as calling HF's generate(do_sample=True, num_beams=K) with the trie and seed."""
+    out = recommend(rec, HISTORIES[:2], 4, method="hf-sample", seed=11, batch_size=2)
+    input_ids, attention_mask = encode_prompts(rec.vocab, HISTORIES[:2])
+    processor = TrieLogitsProcessor(rec.trie, input_ids.shape[1], eos_token_id=rec.vocab.eos_token_id)
+    torch.manual_seed(11)
+    ref = rec.target.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, num_beams=4,
+                              num_return_sequences=4, max_new_tokens=rec.vocab.id_length,
+                              logits_processor=LogitsProcessorList([processor]), pad_token_id=rec.vocab.pad_token_id,
+                              eos_token_id=rec.vocab.eos_token_id, return_dict_in_generate=True, output_scores=True)
+    drawn = decode_items(rec.vocab, ref.sequences[:, input_ids.shape[1]:])
+    for user in range(2):
+        scores = ref.sequences_scores[user * 4 : (user + 1) * 4].float()
+        order = scores.sort(descending=True, stable=True).indices.tolist()
+        assert out.items[user] == [drawn[user * 4 + j] for j in order]
+        torch.testing.assert_close(out.scores[user], scores[order])
 
 
 def test_an_unknown_history_item_is_refused_with_its_row(rec):
