@@ -37,14 +37,13 @@ from pathlib import Path
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM
 
 from atspeed.align.teacher import generate_teacher_data, load_teacher_data
 from atspeed.align.trainer import METHODS, TEACHER_METHODS, AlignConfig, align
 from atspeed.files import write_text
 from atspeed.rec.data import RecDataset, eval_cases, load_dataset
 from atspeed.rec.metrics import evaluate
-from atspeed.rec.recommend import Recommender, load_recommender, recommend
+from atspeed.rec.recommend import Recommender, load_model, load_recommender, recommend
 from atspeed.rec.train import save_final
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,12 +62,8 @@ def _methods(value: str) -> list[str]:
     return methods
 
 
-def _model_dir(path: Path) -> Path:
-    return path / "final" if (path / "final" / "config.json").exists() else path
-
-
 def load_draft(path: Path, device: str) -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(_model_dir(path), dtype=torch.float32).to(device).eval()
+    return load_model(path, device, torch.float32)
 
 
 def machine() -> dict:

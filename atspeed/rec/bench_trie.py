@@ -1,90 +1,120 @@
-"""Per-step cost of trie-constrained decoding: vectorised TrieLogitsProcessor vs HF's per-row path.
-
-    python -m atspeed.rec.bench_trie [--data DIR] [--batch 1 4 16] [--beams 20] [--device cpu] [--threads 1]
+"""Per-step cost of trie-constrained decoding: the vectorised TrieLogitsProcessor vs HF's per-row
+`prefix_allowed_tokens_fn` path (library code; the script is `benchmarks/bench_trie.py`).
 
 Rows = B requests x K beams. For each depth of an item ID (0 … L-1) the rows hold random valid
 prefixes (as beams do), scores are random; both processors see the same inputs and must give the
-same output. Times are per processor call (one decoding step), median over repeats. Uses Beauty
-(../shared/data/beauty from the repo root) when present, else the synthetic catalogue.
+same output. Times are per processor call (one decoding step): the median of interleaved repeats
+(`atspeed.benchmarking.compare`), averaged over the L depths.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
-from atspeed.rec.data import load_index
+from atspeed.benchmarking import compare
+from atspeed.rec.data import SemanticID, find_index_file, load_index
 from atspeed.rec.synthetic import generate_dataset
 from atspeed.rec.tokenizer import build_tokenizer, item_vocab
 from atspeed.rec.trie import TrieLogitsProcessor, build_trie, prefix_allowed_tokens_fn
 
-BEAUTY = Path(__file__).resolve().parents[2] / "../shared/data/beauty"
 PROMPT_LEN = 81  # BOS + 20 items x 4 tokens
 
 
-def catalogue(data: Path) -> tuple[str, dict]:
-    if (data / "beauty.index.json").exists():
-        return "beauty", load_index(data / "beauty.index.json", allow_duplicate_ids=True)
-    return "synthetic", generate_dataset().index
+@dataclass(frozen=True)
+class TrieStepCost:
+    batch: int  # requests B
+    rows: int  # B x K beams
+    vectorised_ms: float  # TrieLogitsProcessor, per decoding step
+    hf_ms: float  # PrefixConstrainedLogitsProcessor with the trie's prefix_allowed_tokens_fn
 
 
-def median_time(fn, repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+def catalogue(data: str | os.PathLike | None = None) -> tuple[str, dict[int, SemanticID]]:
+    """The item index of the dataset folder `data` (shared IDs allowed: only the trie matters here),
+    or the synthetic catalogue when `data` is None."""
+    if data is None:
+        return "synthetic", generate_dataset().index
+    index_file = find_index_file(data)
+    return index_file.name.removesuffix(".index.json"), load_index(index_file, allow_duplicate_ids=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=BEAUTY)
+def trie_step_costs(
+    index: Mapping[int, SemanticID],
+    batches: Sequence[int] = (1, 4, 16),
+    beams: int = 20,
+    repeats: int = 20,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> list[TrieStepCost]:
+    """One row per batch size B: ms per step of both processors on B x `beams` rows of random valid prefixes."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(index)
+    vocab = item_vocab(tokenizer, index)
+    trie = build_trie(vocab.tokens, len(tokenizer)).to(device)
+    eos = tokenizer.eos_token_id
+    fast = TrieLogitsProcessor(trie, PROMPT_LEN, eos_token_id=eos)
+    hf = PrefixConstrainedLogitsProcessor(prefix_allowed_tokens_fn(trie, PROMPT_LEN, eos), num_beams=beams)
+    costs = []
+    for batch in batches:
+        rows = batch * beams
+        fast_ms, hf_ms = [], []
+        for depth in range(vocab.id_length):  # one call per generation step of an item
+            items = vocab.tokens[torch.randint(len(index), (rows,))]  # [rows, L]
+            prompt = torch.randint(4, len(tokenizer), (rows, PROMPT_LEN))
+            input_ids = torch.cat([prompt, items[:, :depth]], 1).to(device)  # [rows, PROMPT_LEN + depth]
+            scores = torch.randn(rows, len(tokenizer), device=device)
+            timed = compare({"fast": lambda: fast(input_ids, scores), "hf": lambda: hf(input_ids, scores)}, repeats)
+            if not torch.equal(timed["fast"][1], timed["hf"][1]):
+                raise AssertionError(f"the processors disagree at B={batch}, depth {depth}")
+            fast_ms.append(timed["fast"][0])
+            hf_ms.append(timed["hf"][0])
+        costs.append(TrieStepCost(batch, rows, sum(fast_ms) / len(fast_ms), sum(hf_ms) / len(hf_ms)))
+    return costs
+
+
+def format_costs(costs: Sequence[TrieStepCost]) -> str:
+    lines = [f"{'B':>4} {'rows':>5} {'vectorised ms':>14} {'HF prefix_fn ms':>16} {'HF / vectorised':>16}"]
+    for c in costs:
+        lines.append(f"{c.batch:>4} {c.rows:>5} {c.vectorised_ms:>14.3f} {c.hf_ms:>16.3f} "
+                     f"{c.hf_ms / c.vectorised_ms:>15.1f}x")
+    return "\n".join(lines)
+
+
+def run(
+    data: str | os.PathLike | None = None,
+    batches: Sequence[int] = (1, 4, 16),
+    beams: int = 20,
+    repeats: int = 20,
+    device: str = "cpu",
+    threads: int | None = 1,
+) -> str:
+    """The whole benchmark as `atspeed bench trie` and `benchmarks/bench_trie.py` print it: a line on the
+    catalogue and machine, then the table. `threads`: torch CPU threads (1: steadier timings of tiny ops)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    name, index = catalogue(data)
+    costs = trie_step_costs(index, batches, beams, repeats, device)
+    return (f"catalogue: {name}, {len(index)} items, device {device}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, K = {beams}\n{format_costs(costs)}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Compatibility entry for `atspeed bench trie` (which passes its raw arguments here) until the CLI
+    declares the options and calls `run` itself; the full script is `benchmarks/bench_trie.py`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="atspeed bench trie", description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the synthetic catalogue)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--beams", type=int, default=20)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier timings of tiny ops)")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-
-    name, index = catalogue(args.data)
-    tokenizer = build_tokenizer(index)
-    vocab = item_vocab(tokenizer, index)
-    trie = build_trie(vocab.tokens, len(tokenizer)).to(device)
-    V, L, K = len(tokenizer), vocab.id_length, args.beams
-    eos = tokenizer.eos_token_id
-    fast = TrieLogitsProcessor(trie, PROMPT_LEN, eos_token_id=eos)
-    hf = PrefixConstrainedLogitsProcessor(prefix_allowed_tokens_fn(trie, PROMPT_LEN, eos), num_beams=K)
-    print(
-        f"catalogue: {name}, {len(index)} items, vocab {V}, trie tables {trie.nbytes() / 1e6:.1f} MB, "
-        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
-    print(f"{'B':>4} {'rows':>5} {'vectorised ms':>14} {'HF prefix_fn ms':>16} {'HF / vectorised':>16}")
-    for B in args.batch:
-        N = B * K
-        fast_t, hf_t = [], []
-        for depth in range(L):  # one call per generation step of an item
-            items = vocab.tokens[torch.randint(len(index), (N,))]  # [N, L]
-            prompt = torch.randint(4, V, (N, PROMPT_LEN))
-            input_ids = torch.cat([prompt, items[:, :depth]], 1).to(device)  # [N, PROMPT_LEN + depth]
-            scores = torch.randn(N, V, device=device)
-            assert torch.equal(fast(input_ids, scores), hf(input_ids, scores)), "processors disagree"
-            fast_t.append(median_time(lambda x=input_ids, s=scores: fast(x, s), args.repeats, device))
-            hf_t.append(median_time(lambda x=input_ids, s=scores: hf(x, s), max(3, args.repeats // 4), device))
-        f, h = 1e3 * sum(fast_t) / L, 1e3 * sum(hf_t) / L
-        print(f"{B:>4} {N:>5} {f:>14.3f} {h:>16.3f} {h / f:>15.1f}x")
-
-
-if __name__ == "__main__":
-    main()
+    print(run(args.data, args.batch, args.beams, args.repeats, args.device, args.threads))

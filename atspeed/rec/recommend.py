@@ -141,8 +141,8 @@ def load_recommender(
     if not (folder / "tokenizer.json").exists():
         raise FileNotFoundError(f"{folder}: no tokenizer.json; a model folder holds the tokenizer it was trained with.")
     tokenizer = _load(folder, "tokenizer", AutoTokenizer.from_pretrained)
-    target = _load_model(target_dir, device, dtype)
-    draft = _load_model(draft_dir, device, dtype) if draft_dir is not None else None
+    target = load_model(target_dir, device, dtype)
+    draft = load_model(draft_dir, device, dtype) if draft_dir is not None else None
     return build_recommender(target, tokenizer, index, draft)
 
 
@@ -175,7 +175,8 @@ def check_weights(folder: Path) -> None:
             raise ValueError(f"{file}: not a complete safetensors file ({e}).") from None
 
 
-def _load_model(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype) -> PreTrainedModel:
+def load_model(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    """A saved target or draft (a model folder or a training output folder), weights from safetensors only."""
     folder = model_dir(path)
     check_weights(folder)
     load = partial(AutoModelForCausalLM.from_pretrained, dtype=dtype, use_safetensors=True)
