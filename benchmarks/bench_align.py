@@ -30,7 +30,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from atspeed.rec.data import RecDataset, eval_cases, load_dataset
 from atspeed.rec.metrics import evaluate
 from atspeed.rec.recommend import Recommender, load_model, load_recommender, recommend
 from atspeed.rec.train import save_final
+from atspeed.timing import Timer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VERIFICATIONS = {"strict": "speculative", "relaxed": "speculative-relaxed"}
@@ -116,10 +116,10 @@ def train_all(args, rec: Recommender, subset: RecDataset, teacher, log) -> dict[
                           eval_users=args.align_eval_users, k=args.teacher_k, draft_beams=args.draft_beams,
                           gamma=args.gamma, teacher_beams=args.teacher_k)
         torch.manual_seed(args.seed)
-        start = time.perf_counter()
-        result = align(rec.target, draft, rec.tokenizer, subset, teacher if method in TEACHER_METHODS else None,
-                       out, cfg)
-        seconds = time.perf_counter() - start
+        with Timer(args.device) as timer:
+            result = align(rec.target, draft, rec.tokenizer, subset, teacher if method in TEACHER_METHODS else None,
+                           out, cfg)
+        seconds = timer.time_cost
         save_final(draft.eval(), rec.tokenizer, out / "last")  # the draft after the last step -> last/final
         losses = result.losses
         nan = sum(1 for x in losses if not math.isfinite(x))
@@ -271,7 +271,7 @@ def main() -> None:
     log(f"command: {command}")
     log("machine: " + ", ".join(f"{k} {v}" for k, v in mach.items()))
     log("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-    wall = time.perf_counter()
+    wall = Timer(args.device).__enter__()  # the whole run (read at the end)
 
     ds = load_dataset(args.data, allow_duplicate_ids=True)
     rec = load_recommender(args.target, args.data, device=args.device, allow_duplicate_ids=True)
@@ -285,10 +285,10 @@ def main() -> None:
 
     teacher = None
     if any(m in TEACHER_METHODS for m in args.methods):
-        t0 = time.perf_counter()
-        generate_teacher_data(rec, subset, args.out / "teacher", k=args.teacher_k)
-        teacher = load_teacher_data(args.out / "teacher")
-        log(f"teacher data: {len(teacher)} prompts x top-{teacher.k} in {time.perf_counter() - t0:.0f}s "
+        with Timer(args.device) as timer:
+            generate_teacher_data(rec, subset, args.out / "teacher", k=args.teacher_k)
+            teacher = load_teacher_data(args.out / "teacher")
+        log(f"teacher data: {len(teacher)} prompts x top-{teacher.k} in {timer.time_cost:.0f}s "
             f"({args.out / 'teacher'})")
 
     training = train_all(args, rec, subset, teacher, log)
@@ -298,10 +298,11 @@ def main() -> None:
                                     args.device)
 
     cases = eval_cases(ds, "test")[: args.eval_users]
-    t0 = time.perf_counter()
-    rows = evaluate_all(args, rec, drafts, cases)
-    eval_seconds = time.perf_counter() - t0
-    total = time.perf_counter() - wall
+    with Timer(args.device) as timer:
+        rows = evaluate_all(args, rec, drafts, cases)
+    eval_seconds = timer.time_cost
+    wall.__exit__()
+    total = wall.time_cost
 
     strict_bad = [r for r in rows if r["verification"] in ("tree", "strict") and r["lists_differing_from_hf"]]
     md = [f"# Draft alignment on {ds.name}", "", f"`{command}`", "",
