@@ -99,6 +99,7 @@ def beam_search_by_SD(
     schedule: DraftSchedule | None = None,
     hook: Hook = _null_hook,
     sampling_verification: str = "accept_any",
+    engine: str = "auto",
     **generate_kwargs: Any,
 ) -> dict[str, Any]:
     """Speculative beam search. With do_sample=False (default): strict top-K verification, exactly the
@@ -110,7 +111,9 @@ def beam_search_by_SD(
     beam_scores, n_run (rounds), total_accept_steps, ave_accept_steps, ave_accept_rate, and counters
     (target_calls, target_tokens, draft_calls). `schedule=DraftSchedule(gamma, adaptive=True)` adapts
     gamma (keep the object across calls to keep what it learnt); `hook` (phase name -> context
-    manager) brackets the draft / target / verify phases: the timing variant uses it.
+    manager) brackets the draft / target / verify phases: the timing variant uses it. `engine`
+    ("auto", "static", "dynamic") picks the decode; the default runs strict verification on the
+    static engine wherever it applies (stats: out["engine"]).
     """
     max_new_tokens, gamma, beam_size, draft_beam_size = _sd_settings(
         target_model, draft_model, max_new_tokens, gamma, beam_size, draft_beam_size
@@ -130,6 +133,7 @@ def beam_search_by_SD(
         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
         hook=hook,
         sampling_verification=sampling_verification,
+        engine=engine,
         **check_inputs(inputs),
         max_new_tokens=max_new_tokens,
         num_beams=beam_size,
@@ -151,6 +155,8 @@ def beam_search_by_SD(
         "draft_calls": stats["draft_calls"],
         "draft_tokens": stats["draft_tokens"],
         "per_round_accepted": stats["per_round_accepted"],
+        "per_request_accepted": stats.get("per_request_accepted"),  # static engine: [B][rounds], -1 = sat out
+        "engine": stats["engine"],
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -165,3 +166,40 @@ def format_engine_table(cells: list[EngineCell], methods: tuple[str, ...] = ENGI
         lines.append(row)
         lines += [f"         note: {n}" for n in c.notes]
     return "\n".join(lines)
+
+
+def engine_benchmark(
+    size: str = "cpu",
+    device: str = "cpu",
+    dtype: str = "float32",
+    batches: Sequence[int] = (1, 16),
+    beams: Sequence[int] = (1, 20, 128, 256),
+    methods: tuple[str, ...] = ENGINE_METHODS,
+    *,
+    repeats: int = 3,
+    hf_max_rows: int = 4096,
+    noise: float = 0.02,
+    print_fn: Callable[[str], None] = print,
+) -> list[EngineCell]:
+    """The engine table on `atspeed.models.draft_target_pair(size)` (its target, an always-right draft
+    and one with `noise`), rec shape: 84-token prompt, 4 new tokens. Prints rows as they finish."""
+    from atspeed.models import draft_target_pair
+
+    torch_dtype = getattr(torch, dtype)
+    target, draft = draft_target_pair(size, 0.0, device=device, dtype=torch_dtype)
+    _, noisy = draft_target_pair(size, noise, device=device, dtype=torch_dtype)
+    peak = measure_peak(device, torch_dtype)
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    params = sum(p.numel() for p in target.parameters()) / 1e6
+    print_fn(f"torch {torch.__version__}; {name}; {size} target ({params:.0f}M params), {dtype}; prompt 84, "
+             f"4 new tokens")
+    print_fn(f"measured peak: {peak.flops / 1e9:.0f} GFLOP/s matmul, {peak.bytes_per_s / 1e9:.0f} GB/s copy")
+    cells: list[EngineCell] = []
+    for batch in batches:
+        for k in beams:
+            cells.append(engine_cell(target, draft, noisy, peak, batch=batch, beams=k, repeats=repeats,
+                                     methods=methods, hf_max_rows=hf_max_rows))
+            print_fn("\n".join(format_engine_table(cells[-1:], methods).splitlines()[1:]))
+    print_fn("")
+    print_fn(format_engine_table(cells, methods))
+    return cells

@@ -18,8 +18,8 @@ import argparse
 
 import torch
 
-from atspeed.benchmarking import ENGINE_METHODS, engine_cell, format_engine_table, measure_peak
-from atspeed.models import SIZES, draft_target_pair
+from atspeed.benchmarking import ENGINE_METHODS, engine_benchmark
+from atspeed.models import SIZES
 
 
 def main() -> None:
@@ -37,23 +37,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    target, draft = draft_target_pair(args.size, 0.0, device=args.device, dtype=dtype)
-    _, noisy = draft_target_pair(args.size, args.noise, device=args.device, dtype=dtype)
-    peak = measure_peak(args.device, dtype)
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}; {name}; {args.size} target "
-          f"({sum(p.numel() for p in target.parameters()) / 1e6:.0f}M params), {args.dtype}; prompt 84, 4 new tokens")
-    print(f"measured peak: {peak.flops / 1e9:.0f} GFLOP/s matmul, {peak.bytes_per_s / 1e9:.0f} GB/s copy")
-    cells = []
-    for batch in args.batches:
-        for beams in args.beams:
-            cells.append(engine_cell(target, draft, noisy, peak, batch=batch, beams=beams, repeats=args.repeats,
-                                     methods=tuple(args.methods), hf_max_rows=args.hf_max_rows))
-            print(format_engine_table(cells[-1:], tuple(args.methods)).splitlines()[-1 - len(cells[-1].notes)],
-                  flush=True)
-    print()
-    print(format_engine_table(cells, tuple(args.methods)))
+    engine_benchmark(args.size, args.device, args.dtype, args.batches, args.beams, tuple(args.methods),
+                     repeats=args.repeats, hf_max_rows=args.hf_max_rows, noise=args.noise)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ def assert_lossless(
     logits_processor=None,
     prefix_allowed_tokens_fn=None,
     schedule=None,
+    engine: str = "auto",
     **generate_kwargs,
 ) -> dict[str, Any]:
     """Speculative beam search must return exactly tree-attention beam search's and HF's beams.
@@ -96,7 +97,7 @@ def assert_lossless(
     common = dict(num_return_sequences=R, **generate_kwargs)
     processors = dict(logits_processor=copy.deepcopy(logits_processor), prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
     out = run_sd(target, draft, inputs, K=K, N=N, gamma=gamma, max_new_tokens=max_new_tokens, schedule=schedule,
-                 **processors, **common)
+                 engine=engine, **processors, **common)
     tree = beam_search_by_TreeAttn(
         target, inputs, max_new_tokens=max_new_tokens, beam_size=K,
         **dict(processors, logits_processor=copy.deepcopy(logits_processor)), **common

@@ -78,7 +78,7 @@ def test_target_as_its_own_draft_accepts_every_level_and_matches_hf():
 def test_unrelated_draft_accepts_nothing_and_still_matches_hf():
     """One token per round: 10 rounds, so both caches are also compacted (every 4 rounds)."""
     target, draft = unrelated()
-    out = assert_lossless(target, draft, prompts(), K=4, N=4, gamma=3, max_new_tokens=10)
+    out = assert_lossless(target, draft, prompts(), K=4, N=4, gamma=3, max_new_tokens=10, engine="dynamic")
     assert out["total_accept_steps"] == 0 and out["ave_accept_rate"] == 0.0
     assert out["n_run"] == 10 and out["target_calls"] == 10
 
@@ -359,20 +359,21 @@ def test_first_target_call_reads_the_prompt_and_every_draft_node():
     """One forward over the prompt (6 tokens) and the draft tree (N * gamma = 4 * 3 nodes); the draft reads
     the prompt with level 0, then levels 1 and 2 (4 nodes each)."""
     target, draft = identical()
-    out = run_sd(target, draft, prompts((6,)), K=4, N=4, gamma=3, max_new_tokens=4)
+    out = run_sd(target, draft, prompts((6,)), K=4, N=4, gamma=3, max_new_tokens=4, engine="dynamic")
     assert out["target_calls"] == 1 and out["target_tokens"] == 6 + 4 * 3
     assert out["draft_calls"] == 3 and out["draft_tokens"] == 6 + 4 + 4
 
 
-def test_one_new_token_never_runs_the_draft():
+@pytest.mark.parametrize("engine", ["static", "dynamic"])
+def test_one_new_token_never_runs_the_draft(engine):
     target, draft = partial()
-    out = assert_lossless(target, draft, prompts(), K=3, N=6, gamma=3, max_new_tokens=1)
+    out = assert_lossless(target, draft, prompts(), K=3, N=6, gamma=3, max_new_tokens=1, engine=engine)
     assert out["draft_calls"] == 0 and out["target_calls"] == 1
 
 
 def test_each_round_gains_its_accepted_levels_plus_one_bonus_token():
     target, draft = partial()
-    out = assert_lossless(target, draft, prompts(), K=4, N=8, gamma=3, max_new_tokens=16)
+    out = assert_lossless(target, draft, prompts(), K=4, N=8, gamma=3, max_new_tokens=16, engine="dynamic")
     accepted = out["per_round_accepted"]
     assert len(accepted) == out["n_run"] == out["target_calls"]
     assert sum(accepted) == out["total_accept_steps"]

@@ -6,6 +6,14 @@ K running beams (already passed through the logits processors) and returns the n
 for every new running beam, the index of the running beam it extends (`parents`). How those
 log-probs were computed (K copies of the prompt, or one shared tree) is not this module's concern.
 
+The requests of a batch are at one length (`cur_len` an int, as in HF), or each at its own
+(`cur_len` a [B] tensor: the static speculative engine, whose rows accept different numbers of
+drafted levels). The step is the same; only where tokens are written and the length penalty
+become per row.
+
+Each piece names the HF function it mirrors (transformers' generation/utils.py, 4.57 and 5.x), so
+that a transformers change can be diffed against it.
+
 Finished or impossible candidates get a -1e9 score rather than a branch, exactly as HF does, so
 that the same ties break the same way and the output is identical to HF's.
 """
@@ -29,6 +37,7 @@ class BeamConfig:
     early_stopping: bool | str = False
     do_sample: bool = False
     num_eos: int = 0
+    eos_token_ids: tuple[int, ...] = ()  # for per-row lengths, where HF's stopping criteria cannot be called
     sort_sampled: bool = True  # beam sampling: rank sampled candidates by score (HF >= 5.24) or keep draw order
 
     @property
@@ -48,15 +57,16 @@ class BeamState:
     finished: torch.Tensor  # [B, K] slot holds a finished hypothesis
     improvable: torch.Tensor  # [B, 1] running beams may still beat the finished ones
     hits_stop: torch.Tensor  # [B, 2K] candidates of the last step that hit a stopping criterion
-    cur_len: int
+    cur_len: int | torch.Tensor  # tokens so far (prompt included): one for the batch, or [B] per request
 
     @property
     def batch_size(self) -> int:
         return self.running_scores.shape[0]
 
 
-def init_beams(prompt_ids: torch.Tensor, cfg: BeamConfig, fill_value: int) -> BeamState:
-    """Beam state before the first step: K copies of each prompt, only the first one live."""
+def init_beams(prompt_ids: torch.Tensor, cfg: BeamConfig, fill_value: int, per_row: bool = False) -> BeamState:
+    """Beam state before the first step: K copies of each prompt, only the first one live.
+    `per_row`: each request keeps its own length (cur_len a [B] tensor)."""
     B, n = prompt_ids.shape  # [B, n]
     K, dev = cfg.num_beams, prompt_ids.device
     running = torch.full((B, K, cfg.max_length), fill_value, dtype=torch.int64, device=dev)
@@ -74,21 +84,49 @@ def init_beams(prompt_ids: torch.Tensor, cfg: BeamConfig, fill_value: int) -> Be
         finished=torch.zeros((B, K), dtype=torch.bool, device=dev),
         improvable=torch.ones((B, 1), dtype=torch.bool, device=dev),
         hits_stop=torch.zeros((B, cfg.beams_to_keep), dtype=torch.bool, device=dev),
-        cur_len=n,
+        cur_len=torch.full((B,), n, dtype=torch.int64, device=dev) if per_row else n,
     )
 
 
 def gather_beams(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t[b, idx[b, j], ...] for every b, j."""
+    """(HF: _gather_beams) t[b, idx[b, j], ...] for every b, j."""
     while idx.dim() < t.dim():
         idx = idx.unsqueeze(-1)
     return torch.take_along_dim(t, idx, dim=1)
 
 
+def put_at(t: torch.Tensor, index: int | torch.Tensor, values: torch.Tensor) -> None:
+    """t[b, c, index] = values[b, c] in place, with index one int or one per request ([B]). A request
+    already at full length (index past the end) writes its last column instead: such a request does
+    not step, and its result is discarded (select_rows)."""
+    if isinstance(index, int):
+        t[:, :, index] = values
+    else:
+        index = index.clamp(max=t.shape[2] - 1)[:, None, None].expand(*values.shape, 1)
+        t.scatter_(2, index, values[..., None].to(t.dtype))
+
+
+def length_penalty(length: int | torch.Tensor, exponent: float) -> float | torch.Tensor:
+    """length ** exponent as HF computes it (a Python double, then float32 when it divides a score);
+    per request, [B, 1] float32 computed in float64, which gives the same float32."""
+    if isinstance(length, int):
+        return length**exponent
+    return (length.double() ** exponent).float()[:, None]
+
+
+def row_stop_hits(cand_seqs: torch.Tensor, cur: torch.Tensor, cfg: BeamConfig) -> torch.Tensor:
+    """HF's MaxLengthCriteria | EosTokenCriteria for requests at their own lengths: [B, C] bool.
+    cand_seqs: [B, C, max_length] with the candidates' new tokens at cur [B]."""
+    column = cur.clamp(max=cand_seqs.shape[2] - 1)  # as put_at wrote it
+    token = cand_seqs.gather(2, column[:, None, None].expand(-1, cand_seqs.shape[1], 1))[..., 0]
+    eos = torch.tensor(cfg.eos_token_ids, dtype=token.dtype, device=token.device)
+    return torch.isin(token, eos) | (cur + 1 >= cfg.max_length)[:, None]
+
+
 def top_continuations(
     acc_log_probs: torch.Tensor, k: int, do_sample: bool, sort_sampled: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best of the `[B, K*V]` joint scores, best first; or k sampled without replacement,
+    """(HF: _get_top_k_continuations) The k best of the `[B, K*V]` joint scores, best first; or k sampled without replacement,
     best first if `sort_sampled`, else in the order drawn (which decides who may finish)."""
     if do_sample:
         idx = torch.multinomial(torch.softmax(acc_log_probs, dim=-1), num_samples=k)
@@ -107,14 +145,17 @@ def beam_step(
     state: BeamState,
     log_probs: torch.Tensor,
     cfg: BeamConfig,
-    stopping: StoppingFn,
+    stopping: StoppingFn | None,
     all_scores: object = None,
     chosen: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[BeamState, torch.Tensor]:
-    """One beam search step. log_probs: [B, K, V] processed next-token log-probs of the running beams.
+    """One beam search step (HF: one iteration of _beam_search's loop). log_probs: [B, K, V]
+    processed next-token log-probs of the running beams.
 
     `chosen` = (joint scores, flat indices into K*V) [B, C >= K], best first, replaces HF's own
     candidate choice (top 2K, or 2K sampled); speculative sampling passes the candidates it accepted.
+    `stopping`: HF's stopping criteria (one length for the batch), or None for per-row lengths
+    (max length and cfg.eos_token_ids, as HF's default criteria).
     Returns the new state and `parents` [B, K]: which old running beam each new running beam extends.
     """
     B, K, V = log_probs.shape
@@ -129,22 +170,25 @@ def beam_step(
     cand_token = cand_idx % V
 
     cand_seqs = gather_beams(state.running_sequences, cand_beam)  # [B, 2K, max_length]
-    cand_seqs[:, :, cur] = cand_token
+    put_at(cand_seqs, cur, cand_token)
     cand_bidx = gather_beams(state.running_beam_indices, cand_beam)
     offset = torch.arange(B, device=log_probs.device)[:, None] * K
-    cand_bidx[:, :, cur - n] = (cand_beam + offset).to(cand_bidx.dtype)
+    put_at(cand_bidx, cur - n, cand_beam + offset)
 
-    hits = stopping(cand_seqs[:, :, : cur + 1].reshape(B * C, cur + 1), all_scores).reshape(B, C)
+    if stopping is None:
+        hits = row_stop_hits(cand_seqs, cur, cfg)
+    else:
+        hits = stopping(cand_seqs[:, :, : cur + 1].reshape(B * C, cur + 1), all_scores).reshape(B, C)
 
-    # Running beams for the next step: the best K candidates that did not stop.
+    # (HF: _get_running_beams_for_next_iteration) the best K candidates that did not stop.
     live_scores = cand_scores + hits.to(torch.float32) * NEG
     keep = torch.topk(live_scores, k=K).indices  # [B, K]
     parents = cand_beam.gather(1, keep)
 
-    # Finished hypotheses: only the top-K candidates may enter, each with its length penalty.
+    # (HF: _update_finished_beams) only the top-K candidates may enter, each with its length penalty.
     just_finished = hits.clone()
     just_finished[:, K:] = False
-    fin = cand_scores / ((cur + 1 - n) ** cfg.length_penalty)
+    fin = cand_scores / length_penalty(cur + 1 - n, cfg.length_penalty)
     if cfg.early_stopping is True:  # requests whose K finished slots are all taken accept no more
         fin = fin + state.finished.all(dim=-1, keepdim=True).to(torch.float32) * NEG
     fin = fin + (~state.improvable).to(torch.float32) * NEG
@@ -172,22 +216,33 @@ def beam_step(
 
 
 def still_improvable(state: BeamState, cfg: BeamConfig) -> torch.Tensor:
-    """HF's early-stop heuristic: can the best running beam still beat the worst finished one?"""
+    """(HF: _check_early_stop_heuristic) can the best running beam still beat the worst finished one?"""
     if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
         length = cfg.max_length - cfg.prompt_len
     else:
         length = state.cur_len - cfg.prompt_len
-    best_running = state.running_scores[:, :1] / (length**cfg.length_penalty)
+    best_running = state.running_scores[:, :1] / length_penalty(length, cfg.length_penalty)
     worst_finished = torch.where(state.finished, state.scores.min(dim=1, keepdim=True)[0], NEG)
     return state.improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
 
 
 def is_done(state: BeamState, cfg: BeamConfig) -> bool:
-    """Whole-batch stop test (one host sync, as in HF)."""
+    """(HF: _beam_search_has_unfinished_sequences) whole-batch stop test (one host sync, as in HF)."""
     improvable = state.improvable.any()
     open_beam = ~(state.finished.all() & (cfg.early_stopping is True))
     can_continue = ~state.hits_stop.all()
     return not bool(improvable & open_beam & can_continue)
+
+
+def select_rows(take: torch.Tensor, new: BeamState, old: BeamState) -> BeamState:
+    """Per request, `new` where take [B] is True, else `old` (requests that do not step keep their state)."""
+
+    def pick(a, b):
+        if not isinstance(a, torch.Tensor):
+            return a
+        return torch.where(take.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+    return BeamState(**{f: pick(getattr(new, f), getattr(old, f)) for f in BeamState.__dataclass_fields__})
 
 
 def finalize(

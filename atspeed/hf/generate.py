@@ -66,6 +66,7 @@ def prepare_request(
         early_stopping=gc.early_stopping,
         do_sample=gc.do_sample,
         num_eos=eos.shape[0] if eos is not None else 0,
+        eos_token_ids=tuple(eos.tolist()) if eos is not None else (),
         sort_sampled=compat.SORTS_SAMPLED_BEAMS,
     )
     fill = gc._pad_token_tensor or eos[0] if eos is not None else -1  # HF's own (precedence included)

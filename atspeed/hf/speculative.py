@@ -12,7 +12,10 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from atspeed.decoding.relaxed import VARIANTS
 from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook, speculative_beam_search
+from atspeed.decoding.static_speculative import layout, static_speculative_beam_search
+from atspeed.hf.engine import CPU_SPECULATIVE_REASON, ENGINES, row_processor, static_speculative_unsupported
 from atspeed.hf.generate import TreeBeamOutput, prepare_request
+from atspeed.hf.slot_cache import SlotCache
 from atspeed.hf.model import TreeLM, UnsupportedModelError, check_tree_support, max_positions, model_device
 
 
@@ -56,11 +59,16 @@ def speculative_generate(
     prefix_allowed_tokens_fn: Callable | None = None,
     hook: Hook = _null_hook,
     sampling_verification: str = "accept_any",
+    engine: str = "auto",
     **model_kwargs: Any,
 ) -> TreeBeamOutput:
     """A `custom_generate` decoding method for the target: speculative beam search, strict (lossless)
-    when do_sample=False, relaxed verification of beam sampling when do_sample=True."""
+    when do_sample=False, relaxed verification of beam sampling when do_sample=True. Strict
+    verification runs on the static engine wherever it applies (see atspeed.hf.engine); the reason
+    it did not is in stats["engine"]."""
     gc = generation_config
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
     check_tree_support(model)
     if sampling_verification not in VARIANTS:
         raise ValueError(f"sampling_verification must be one of {VARIANTS}, got {sampling_verification!r}.")
@@ -84,23 +92,52 @@ def speculative_generate(
         device=req.prompt.device,
         model_kwargs={},
     )
-    target, draft = TreeLM(model), TreeLM(draft_model)
-    result = speculative_beam_search(
-        target,
-        draft,
-        req.prompt,
-        req.attention_mask,
-        req.cfg,
-        schedule,
-        draft_beams,
-        logits_processor,
-        draft_processor,
-        stopping_criteria,
-        num_return_sequences=req.num_return_sequences,
-        fill_value=req.fill_value,
-        hook=hook,
-        relaxed=sampling_verification if gc.do_sample else None,
+    reason = "engine='dynamic' was asked for" if engine == "dynamic" else static_speculative_unsupported(
+        req.cfg, schedule.adaptive, logits_processor, stopping_criteria
     )
+    if engine == "auto" and reason is None and model_device(model).type == "cpu":
+        reason = CPU_SPECULATIVE_REASON
+    longest = int(req.attention_mask.sum(-1).max()) + req.cfg.max_length - n + schedule.gamma
+    if reason is None and any(limit is not None and longest > limit for limit in map(max_positions, (model, draft_model))):
+        reason = "drafted nodes past max_new_tokens would exceed the models' maximum positions"
+    if engine == "static" and reason is not None:
+        raise NotImplementedError(f"the static engine cannot run this request: {reason}.")
+    if reason is None:
+        slots = layout(req.cfg, draft_beams, schedule.gamma).num_slots
+        target, draft = TreeLM(model, SlotCache(slots)), TreeLM(draft_model, SlotCache(slots))
+        result = static_speculative_beam_search(
+            target,
+            draft,
+            req.prompt,
+            req.attention_mask,
+            req.cfg,
+            draft_beams,
+            schedule.gamma,
+            row_processor(logits_processor),
+            num_return_sequences=req.num_return_sequences,
+            fill_value=req.fill_value,
+            hook=hook,
+        )
+        result.stats["engine"] = "static"
+    else:
+        target, draft = TreeLM(model), TreeLM(draft_model)
+        result = speculative_beam_search(
+            target,
+            draft,
+            req.prompt,
+            req.attention_mask,
+            req.cfg,
+            schedule,
+            draft_beams,
+            logits_processor,
+            draft_processor,
+            stopping_criteria,
+            num_return_sequences=req.num_return_sequences,
+            fill_value=req.fill_value,
+            hook=hook,
+            relaxed=sampling_verification if gc.do_sample else None,
+        )
+        result.stats["engine"] = f"dynamic: {reason}"
     result.stats.update(
         target_calls=target.forward_calls,
         target_tokens=target.tokens_processed,
@@ -125,6 +162,7 @@ def generate_speculative(
     prefix_allowed_tokens_fn: Callable | None = None,
     hook: Hook = _null_hook,
     sampling_verification: str = "accept_any",
+    engine: str = "auto",
     **kwargs: Any,
 ) -> TreeBeamOutput:
     """The target's generate() (class method, patched or not) running speculative beam search."""
@@ -139,6 +177,7 @@ def generate_speculative(
         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
         hook=hook,
         sampling_verification=sampling_verification,
+        engine=engine,
     )
     kwargs.update(return_dict_in_generate=True, output_scores=True)
     return type(target).generate(

@@ -105,17 +105,19 @@ def build_trie(items: torch.Tensor | np.ndarray | Sequence[Sequence[int]], vocab
     )
 
 
-def walk(trie: ItemTrie, prefix: torch.Tensor) -> torch.Tensor:
-    """Trie node reached by each row of `prefix` ([N, d] generated tokens, d <= L); -1 if it left the trie."""
-    N, depth = prefix.shape
+def walk(trie: ItemTrie, prefix: torch.Tensor, depth: torch.Tensor | None = None) -> torch.Tensor:
+    """Trie node reached by each row of `prefix` ([N, d] generated tokens, d <= L); -1 if it left the trie.
+    `depth` [N]: each row's own prefix length (<= d), for rows at different lengths."""
+    N, width = prefix.shape
     node = torch.zeros(N, dtype=torch.int64, device=prefix.device)  # [N] root
     E = trie.edge_keys.numel()
-    for j in range(depth):  # at most L levels; every row advances together
+    for j in range(min(width, trie.id_length)):  # at most L levels; every row advances together
         tok = prefix[:, j]
         key = node * trie.vocab_size + tok  # [N]
         pos = torch.searchsorted(trie.edge_keys, key).clamp_(max=E - 1)
         hit = (trie.edge_keys[pos] == key) & (node >= 0) & (tok >= 0) & (tok < trie.vocab_size)
-        node = torch.where(hit, trie.edge_child[pos], -1)
+        child = torch.where(hit, trie.edge_child[pos], -1)
+        node = child if depth is None else torch.where(depth > j, child, node)
     return node
 
 
@@ -129,20 +131,31 @@ def items_of(trie: ItemTrie, tails: torch.Tensor) -> torch.Tensor:
 
 
 def allowed_mask(
-    trie: ItemTrie, prefix: torch.Tensor, vocab_size: int, eos_token_ids: Sequence[int] = ()
+    trie: ItemTrie,
+    prefix: torch.Tensor,
+    vocab_size: int,
+    eos_token_ids: Sequence[int] = (),
+    depth: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """[N, vocab_size] bool: the tokens each row may take next, given its generated `prefix` [N, d]."""
-    N, depth = prefix.shape
+    """[N, vocab_size] bool: the tokens each row may take next, given its generated `prefix` [N, d]
+    (or its first depth[n] tokens, for rows at different lengths)."""
+    N, width = prefix.shape
     mask = torch.zeros((N, vocab_size), dtype=torch.bool, device=prefix.device)
-    if depth < trie.id_length:
-        node = walk(trie, prefix)  # [N]
-        alive = node >= 0
-        local = (node - trie.depth_start[depth]).clamp_(min=0)
-        children = trie.allowed[depth][local] & alive[:, None]  # [N, C_d]
-        mask[:, trie.level_tokens[depth]] = children
-        dead = ~alive
+    node = walk(trie, prefix, depth)  # [N]
+    alive = node >= 0
+    if depth is None:  # one depth for all rows: one level's table
+        levels = [(width, None)] if width < trie.id_length else []
     else:
-        dead = torch.ones(N, dtype=torch.bool, device=prefix.device)  # a full item: it may only end
+        levels = [(d, depth == d) for d in range(min(width + 1, trie.id_length))]
+    for d, rows in levels:
+        local = (node - trie.depth_start[d]).clamp_(min=0, max=trie.allowed[d].shape[0] - 1)
+        children = trie.allowed[d][local] & alive[:, None]  # [N, C_d]
+        if rows is None:
+            mask[:, trie.level_tokens[d]] = children
+        else:
+            mask[:, trie.level_tokens[d]] |= children & rows[:, None]
+    full = torch.full_like(alive, width >= trie.id_length) if depth is None else depth >= trie.id_length
+    dead = ~alive | full  # a prefix that left the trie, or a full item: it may only end
     for eos in eos_token_ids:  # usually one; int indexing needs no host-to-device copy
         mask[:, eos] |= dead
     return mask
@@ -182,6 +195,16 @@ class TrieLogitsProcessor(LogitsProcessor):
             self.trie = self.trie.to(scores.device)  # once: the tables then live on the model's device
         prefix = input_ids[:, self.prompt_len :]
         mask = allowed_mask(self.trie, prefix, scores.shape[-1], self.eos_token_ids)
+        return scores.masked_fill(~mask, -float("inf"))
+
+    def per_row(self, input_ids: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The same constraint for rows at their own lengths: input_ids [N, max_length] holds row n's
+        tokens in its first lengths[n] columns (prompt included)."""
+        if self.trie.device != scores.device:
+            self.trie = self.trie.to(scores.device)
+        prefix = input_ids[:, self.prompt_len : self.prompt_len + self.trie.id_length]
+        depth = lengths - self.prompt_len
+        mask = allowed_mask(self.trie, prefix, scores.shape[-1], self.eos_token_ids, depth)
         return scores.masked_fill(~mask, -float("inf"))
 
 
