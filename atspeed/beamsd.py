@@ -38,12 +38,15 @@ def beam_search_by_TreeAttn(
     beam_size: int | None = None,
     logits_processor: LogitsProcessorList | None = None,
     prefix_allowed_tokens_fn: Callable[[int, torch.Tensor], list[int]] | None = None,
+    engine: str = "auto",
     **generate_kwargs: Any,
 ) -> dict[str, Any]:
     """Beam search by tree attention. Missing max_new_tokens / beam_size come from model.generation_config.
 
     Returns {"beam_sequences": [B * beam_size, prompt_len + new], "beam_scores": [B * beam_size],
-    "target_calls": forward calls}. Extra keyword arguments go to generate() (eos_token_id, length_penalty...).
+    "target_calls": forward calls, "engine": which decode ran}. Extra keyword arguments go to generate()
+    (eos_token_id, length_penalty...). `engine` ("auto", "static", "dynamic") picks the decode; the
+    default runs the static engine wherever it applies.
     """
     _check_hf_model("model", model)
     gc = model.generation_config
@@ -53,6 +56,8 @@ def beam_search_by_TreeAttn(
     out = generate_with_tree_attention(
         model,
         always_beam=True,
+        engine=engine,
+        step_scores=False,  # only the sequences' scores: no per-step [B * K, V] copies
         **check_inputs(inputs),
         max_new_tokens=max_new_tokens,
         num_beams=beam_size,
@@ -67,6 +72,7 @@ def beam_search_by_TreeAttn(
         "beam_scores": out.sequences_scores,
         "target_calls": out.stats["target_calls"],
         "target_tokens": out.stats["target_tokens"],
+        "engine": out.stats["engine"],
     }
 
 

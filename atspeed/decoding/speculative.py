@@ -41,7 +41,7 @@ from atspeed.decoding.tree import (
     prompt_inputs,
     select_slots,
 )
-from atspeed.decoding.tree_search import BeamSearchResult, LogitsProcessorFn, TreeForward
+from atspeed.decoding.tree_search import BeamSearchResult, FiniteWatch, LogitsProcessorFn, TreeForward
 
 Hook = Callable[[str], object]  # returns a context manager timing the named phase
 
@@ -262,6 +262,7 @@ def speculative_beam_search(
     t_view: _ModelView | None = None  # None: the target has not read the prompt yet
     d_view: _ModelView | None = None  # None: the draft has not read the prompt yet
     counters = SpecCounters()
+    finite = FiniteWatch("round")
     while True:
         gamma = schedule.next_gamma(cfg.max_length - state.cur_len)
         generated = state.cur_len - n
@@ -297,6 +298,7 @@ def speculative_beam_search(
                 logits, rows = _feed(target, t_view, levels, parents, generated - 1, prompt_lengths)
                 level0_logits, node_logits = logits[:, :K], logits[:, K:]
                 level0_rows, node_rows = rows[:, :K], rows[:, K:]
+        finite.update(level0_logits, *(() if node_logits is None else (node_logits,)))
         with hook("verify"):
             state, accepted, parent_idx, done = verify(
                 state, cfg, gamma, tree, level0_logits, node_logits, target_processor, stopping, choose
@@ -320,6 +322,7 @@ def speculative_beam_search(
                 if keep is not None:
                     lm.keep_slots(keep)
                     view.rows = select_slots(view.rows, keep)
+    finite.check()
     sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
     return BeamSearchResult(
         sequences=sequences,

@@ -99,6 +99,7 @@ def static_beam_search(
         lm, input_ids, attention_mask, cfg, logits_processor, stopping,
         record=StepRecord(output_scores, output_logits), stop_early=stop_early, fill_value=fill_value,
     )
+    record.finite.check()  # one host read, after the decode
     sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
     return BeamSearchResult(
         sequences=sequences,

@@ -43,7 +43,7 @@ from atspeed.decoding.beam import (
 from atspeed.decoding.speculative import Hook, _null_hook
 from atspeed.decoding.static import SlotForward, first_rows, prefill
 from atspeed.decoding.tree import additive_mask, prompt_inputs
-from atspeed.decoding.tree_search import BeamSearchResult
+from atspeed.decoding.tree_search import BeamSearchResult, FiniteWatch
 
 # (sequences [M, L], lengths [M], log-probs [M, V]) -> processed log-probs, rows at their own lengths
 RowProcessor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -274,6 +274,7 @@ class RoundCounters:
     accepted: torch.Tensor
     drafted: torch.Tensor
     per_round: list[torch.Tensor]
+    finite: FiniteWatch
 
 
 def static_speculative_beam_search(
@@ -294,6 +295,7 @@ def static_speculative_beam_search(
     (left-padded); both models write into caches of layout(...).num_slots slots."""
     state, counters = speculative_rounds(target, draft, input_ids, attention_mask, cfg, num_draft_beams, gamma,
                                          processor, fill_value=fill_value, stop_early=True, hook=hook)
+    counters.finite.check()
     state.cur_len = int(state.cur_len.max())  # finalize crops to the longest hypothesis, as HF does
     sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
     return BeamSearchResult(
@@ -339,7 +341,7 @@ def speculative_rounds(
     bonus, levels = None, None
     active = torch.ones(B, dtype=torch.bool, device=input_ids.device)
     zeros = torch.zeros(B, dtype=torch.int64, device=input_ids.device)
-    counters = RoundCounters(zeros, zeros, zeros, [])
+    counters = RoundCounters(zeros, zeros, zeros, [], FiniteWatch("round"))
     for r in range(1, lay.rounds + 1):
         if bonus is not None:  # the beams' rows take their bonus slots
             rows = with_own_slots(rows, torch.arange(K, device=rows.device).expand(B, K), lay.round_start(r))
@@ -352,6 +354,7 @@ def speculative_rounds(
             beam_logits, node_logits = target_forward(
                 target, levels, bonus, lay, r, (input_ids, attention_mask), state.cur_len - P
             )
+        counters.finite.update(beam_logits, node_logits)
         # levels that could be accepted: a request never accepts past its last new token
         possible = (cfg.max_length - state.cur_len - 1).clamp(max=lay.gamma_at(r))
         with hook("verify"):

@@ -51,14 +51,45 @@ class BeamSearchResult:
     stats: dict = field(default_factory=dict)
 
 
+class NonFiniteLogitsError(ValueError):
+    """The model's logits hold NaN or inf: its weights or inputs are broken (HF generate() would
+    return garbage sequences here without a word)."""
+
+
+class FiniteWatch:
+    """The first decode step whose raw logits were not all finite, kept on the device (no host sync
+    per step); `check()` reads it once, after the decode."""
+
+    def __init__(self, what: str = "step"):
+        self.what = what
+        self.first: torch.Tensor | None = None  # [] int64, -1 while every step was finite
+        self.count = 0
+
+    def update(self, *logits: torch.Tensor) -> None:
+        self.count += 1
+        bad = ~torch.stack([torch.isfinite(t).all() for t in logits]).all()
+        first = self.first if self.first is not None else torch.full((), -1, device=bad.device)
+        self.first = torch.where(bad & (first < 0), self.count, first)
+
+    def check(self) -> None:
+        if self.first is not None and int(self.first) >= 0:
+            raise NonFiniteLogitsError(
+                f"non-finite logits (NaN or inf) at {self.what} {int(self.first)} of the decode: the model's weights "
+                "or inputs are broken."
+            )
+
+
 class StepRecord:
-    """What generate(output_scores / output_logits) returns: per step, [B * K, V] each."""
+    """What generate(output_scores / output_logits) returns: per step, [B * K, V] each; and whether
+    every step's logits were finite."""
 
     def __init__(self, scores: bool, logits: bool):
         self.scores: tuple[torch.Tensor, ...] | None = () if scores else None
         self.logits: tuple[torch.Tensor, ...] | None = () if logits else None
+        self.finite = FiniteWatch()
 
     def add(self, logits: torch.Tensor, log_probs: torch.Tensor) -> None:
+        self.finite.update(logits)
         if self.logits is not None:
             self.logits += (logits.clone(),)
         if self.scores is not None:
@@ -127,6 +158,7 @@ def tree_beam_search(
             if keep is not None:
                 lm.keep_slots(keep)
                 rows = select_slots(rows, keep)
+    record.finite.check()
     sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
     return BeamSearchResult(
         sequences=sequences,

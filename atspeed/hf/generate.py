@@ -82,6 +82,7 @@ def tree_attention_generate(
     synced_gpus: bool = False,
     always_beam: bool = False,
     engine: str = "auto",
+    step_scores: bool = True,
     **model_kwargs: Any,
 ) -> GenerateBeamDecoderOnlyOutput | torch.Tensor:
     """A `custom_generate` decoding method. Beam search (and beam sampling) runs by tree attention;
@@ -119,7 +120,7 @@ def tree_attention_generate(
         req,
         logits_processor,
         stopping_criteria,
-        output_scores=bool(gc.return_dict_in_generate and gc.output_scores),
+        output_scores=bool(gc.return_dict_in_generate and gc.output_scores and step_scores),
         output_logits=bool(gc.return_dict_in_generate and gc.output_logits),
         engine=engine,
     )
@@ -207,9 +208,10 @@ def _requested_num_beams(model: torch.nn.Module, kwargs: dict) -> int:
 
 
 def generate_with_tree_attention(
-    model: torch.nn.Module, always_beam: bool = False, engine: str = "auto", **kwargs: Any
+    model: torch.nn.Module, always_beam: bool = False, engine: str = "auto", step_scores: bool = True, **kwargs: Any
 ):
-    """HF generate() (the class's own, patched or not) with tree-attention beam search."""
+    """HF generate() (the class's own, patched or not) with tree-attention beam search.
+    step_scores=False: with output_scores, return only the sequences' scores (no per-step tuple)."""
     hf_only = [key for key in HF_ONLY_KWARGS if kwargs.get(key) is not None]
     if hf_only:  # HF's own greedy/sampling modes: HF runs them; with beams they are refused
         if always_beam or _requested_num_beams(model, kwargs) > 1:
@@ -226,6 +228,7 @@ def generate_with_tree_attention(
     if kwargs.get("custom_generate") is not None:
         raise ValueError("custom_generate is already set by atspeed; call the original generate() to use another.")
     method = tree_attention_generate
-    if always_beam or engine != "auto":
-        method = functools.partial(tree_attention_generate, always_beam=always_beam, engine=engine)
+    if always_beam or engine != "auto" or not step_scores:
+        method = functools.partial(tree_attention_generate, always_beam=always_beam, engine=engine,
+                                   step_scores=step_scores)
     return type(model).generate(model, custom_generate=method, **kwargs)
