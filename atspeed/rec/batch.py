@@ -1,9 +1,13 @@
 """Batch recommendation: a file of user histories in, each user's top-K items out.
 
 The engine-independent half of `atspeed recommend --input ... --output ...`: reading and checking
-the input, cutting it into decode batches, decoding one batch, and writing the result. The
-in-process engine (`run_local`) lives here; the Ray Data engine (`ray_engine.run_ray`) runs the
-same `recommend_batch` in a pool of actors, so both give identical lists.
+the input, cutting it into decode batches, decoding one batch, and writing the result. `run_job`
+is the job, with the decode step passed in: `run_local` decodes in this process, the Ray Data
+engine (`ray_engine.run_ray`) runs the same `recommend_batch` in a pool of actors, so both give
+identical lists.
+
+Item ids are 1-based in the files (as in `sequential_*.txt`) and 0-based everywhere in between:
+`validate_rows` converts on the way in, `_lists_table` on the way out, and nowhere else.
 
 Input (`.parquet`, or `.jsonl` with one `{"user": ..., "history": [...]}` per line):
     user      any id, a string or an integer (unique)
@@ -36,7 +40,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +50,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from atspeed.files import write_together
-from atspeed.rec.data import MAX_HISTORY, find_index_file, load_index
+from atspeed.rec.data import MAX_HISTORY, find_index_file, load_index, recent
 from atspeed.rec.recommend import (
     Recommender,
     check_k,
@@ -162,7 +166,7 @@ def validate_rows(users: pd.DataFrame, num_items: int) -> tuple[pd.DataFrame, pd
             errors.append((row, None if user is None else str(user), reason))
             continue
         seen[user] = row
-        good.append((row, user, tuple(i - 1 for i in history)))
+        good.append((row, user, tuple(i - 1 for i in history)))  # the file's 1-based ids, 0-based from here
     return _frame(good, ["row", "user", "history"]), _frame(errors, ["row", "user", "reason"])
 
 
@@ -207,8 +211,7 @@ def plan_batches(good: pd.DataFrame, batch_size: int, max_history: int = MAX_HIS
     return pd.DataFrame({
         "batch": range(len(starts)),
         "rows": [rows[s : s + batch_size] for s in starts],
-        "histories": [[list(h[len(h) - min(len(h), max_history):]) for h in histories[s : s + batch_size]]
-                      for s in starts],
+        "histories": [[list(recent(h, max_history)) for h in histories[s : s + batch_size]] for s in starts],
     })
 
 
@@ -249,7 +252,7 @@ def recommend_batch(
     gamma: int = 3,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Decode planned batches (rows of `plan_batches`): columns row, items (1-based), scores.
+    """Decode planned batches (rows of `plan_batches`): columns row, items (0-based), scores.
 
     Each planned batch is one `recommend` call, so the lists do not depend on how an engine groups
     planned batches. Relaxed speculative sampling is seeded per batch with `seed + batch`.
@@ -261,7 +264,7 @@ def recommend_batch(
         out = recommend(rec, histories, k, method=method, batch_size=len(histories), draft_beams=draft_beams,
                         gamma=gamma, seed=seed + int(batch))
         rows += [int(r) for r in batch_rows]
-        items += [[i + 1 for i in user_items] for user_items in out.items]
+        items += out.items
         scores += out.scores.tolist()
     return pd.DataFrame({"row": rows, "items": items, "scores": scores})
 
@@ -340,8 +343,8 @@ def _lists_table(lists: pd.DataFrame, meta: Mapping[str, str]) -> pa.Table:
     user_type = pa.string() if any(isinstance(u, str) for u in users) else pa.int64()
     schema = pa.schema([("user", user_type), ("items", pa.list_(pa.int64())), ("scores", pa.list_(pa.float32()))],
                        metadata=meta)
-    return pa.table({"user": users, "items": lists["items"].tolist(), "scores": lists["scores"].tolist()},
-                    schema=schema)
+    items = [[int(i) + 1 for i in user_items] for user_items in lists["items"]]  # 1-based again, in the file
+    return pa.table({"user": users, "items": items, "scores": lists["scores"].tolist()}, schema=schema)
 
 
 def _errors_table(errors: pd.DataFrame, meta: Mapping[str, str]) -> pa.Table:
@@ -359,7 +362,38 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The in-process engine
+# The job, and the in-process engine
+
+Decode = Callable[[pd.DataFrame], pd.DataFrame]  # planned batches -> rows (row, items, scores), any order
+
+
+def run_job(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    target_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    draft_dir: str | os.PathLike | None,
+    decode: Decode,
+    *,
+    k: int,
+    method: str,
+    batch_size: int,
+    overwrite: bool = False,
+    allow_duplicate_ids: bool = False,
+    metadata: Mapping[str, object] | None = None,
+) -> BatchResult:
+    """The batch job whatever the engine: check the settings and the output, read and plan the input,
+    `decode` the plan (model loading included in the time), check every user came back once, write."""
+    check_settings(method, target_dir, draft_dir)
+    check_output(output, overwrite)
+    job = prepare(input, data_dir, k, batch_size, allow_duplicate_ids=allow_duplicate_ids)
+    start = time.perf_counter()
+    results = decode(job.plan)
+    seconds = time.perf_counter() - start
+    lists = assemble(job.good, results)
+    metadata = {"k": k, "method": method, "batch_size": batch_size, **(metadata or {})}
+    lists_path, errs_path = write_outputs(lists, job.errors, output, overwrite=overwrite, metadata=metadata)
+    return BatchResult(lists_path, errs_path, users=len(lists), errors=len(job.errors), seconds=seconds)
 
 
 def run_local(
@@ -381,21 +415,13 @@ def run_local(
     progress: bool = True,
 ) -> BatchResult:
     """Top-`k` lists for every user of `input`, decoded in this process, written to `output`."""
-    check_settings(method, target_dir, draft_dir)
-    check_output(output, overwrite)
-    job = prepare(input, data_dir, k, batch_size, allow_duplicate_ids=allow_duplicate_ids)
-    start = time.perf_counter()
-    rec = load_recommender(target_dir, data_dir, draft_dir, device=device, allow_duplicate_ids=allow_duplicate_ids)
-    results = decode_local(rec, job.plan, k, method=method, draft_beams=draft_beams, gamma=gamma, seed=seed,
-                           progress=progress)
-    seconds = time.perf_counter() - start
-    return finish(job, results, output, seconds, overwrite=overwrite,
-                  metadata={"engine": "local", "k": k, "method": method, "batch_size": batch_size})
 
+    def decode(plan: pd.DataFrame) -> pd.DataFrame:
+        rec = load_recommender(target_dir, data_dir, draft_dir, device=device,
+                               allow_duplicate_ids=allow_duplicate_ids)
+        return decode_local(rec, plan, k, method=method, draft_beams=draft_beams, gamma=gamma, seed=seed,
+                            progress=progress)
 
-def finish(job: Job, results: pd.DataFrame, output: str | os.PathLike, seconds: float, *, overwrite: bool,
-           metadata: Mapping[str, object]) -> BatchResult:
-    """Check every good row came back once, write both files, and say what was written."""
-    lists = assemble(job.good, results)
-    lists_path, errs_path = write_outputs(lists, job.errors, output, overwrite=overwrite, metadata=metadata)
-    return BatchResult(lists_path, errs_path, users=len(lists), errors=len(job.errors), seconds=seconds)
+    return run_job(input, output, target_dir, data_dir, draft_dir, decode, k=k, method=method,
+                   batch_size=batch_size, overwrite=overwrite, allow_duplicate_ids=allow_duplicate_ids,
+                   metadata={"engine": "local"})

@@ -177,10 +177,16 @@ def load_dataset(root: str | os.PathLike, *, allow_duplicate_ids: bool = False) 
 # Samples
 
 
+def recent(history: Sequence[int], max_history: int = MAX_HISTORY) -> tuple[int, ...]:
+    """The last `max_history` items of `history` (all of them if fewer; none if `max_history` is 0):
+    what a model reads, here, in training, in evaluation and in batch jobs."""
+    return tuple(history[len(history) - min(len(history), max_history):])
+
+
 def train_samples(ds: RecDataset, max_history: int = MAX_HISTORY) -> list[Sample]:
     """Every prefix of a user's train sequence predicts the item after it (empty prefixes skipped)."""
     return [
-        Sample(user=u, history=seq[max(0, t - max_history) : t], target=seq[t])
+        Sample(user=u, history=recent(seq[:t], max_history), target=seq[t])
         for u, seq in sorted(ds.train.items())
         for t in range(1, len(seq))
     ]
@@ -203,8 +209,7 @@ def eval_cases(ds: RecDataset, split: str = "test", max_history: int = MAX_HISTO
         history = tuple(i for s in before for i in getattr(ds, s).get(u, ()))
         if not history:
             continue
-        start = max(0, len(history) - max_history)  # max_history = 0 keeps nothing
-        cases.append(EvalCase(user=u, history=history[start:], truth=frozenset(held_out[u])))
+        cases.append(EvalCase(user=u, history=recent(history, max_history), truth=frozenset(held_out[u])))
     if not cases:
         raise ValueError(f"Dataset {ds.name!r}: no user has a {split} item, so there is nothing to evaluate.")
     return cases

@@ -24,6 +24,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -36,13 +37,11 @@ from atspeed.rec.batch import (
     BatchResult,
     assemble,
     catalogue_size,
-    check_output,
     check_settings,
     empty_results,
-    finish,
     plan_batches,
-    prepare,
     recommend_batch,
+    run_job,
 )
 from atspeed.rec.data import MAX_HISTORY
 from atspeed.rec.recommend import Recommendations, check_histories, load_recommender
@@ -176,18 +175,13 @@ def run_ray(
     delay_s: float = 0.0,
 ) -> BatchResult:
     """`batch.run_local`'s job on Ray Data: the same lists and errors, written the same way."""
-    check_settings(method, target_dir, draft_dir)
-    check_output(output, overwrite)
-    job = prepare(input, data_dir, k, batch_size, allow_duplicate_ids=allow_duplicate_ids)
-    start = time.perf_counter()
-    results = decode_ray(job.plan, target_dir, data_dir, draft_dir, k=k, method=method, draft_beams=draft_beams,
-                         gamma=gamma, seed=seed, num_actors=num_actors, num_gpus_per_actor=num_gpus_per_actor,
-                         num_cpus_per_actor=num_cpus_per_actor, allow_duplicate_ids=allow_duplicate_ids,
-                         address=address, progress=progress, delay_s=delay_s)
-    seconds = time.perf_counter() - start
-    return finish(job, results, output, seconds, overwrite=overwrite,
-                  metadata={"engine": "ray", "k": k, "method": method, "batch_size": batch_size,
-                            "num_actors": num_actors})
+    decode = partial(decode_ray, target_dir=target_dir, data_dir=data_dir, draft_dir=draft_dir, k=k, method=method,
+                     draft_beams=draft_beams, gamma=gamma, seed=seed, num_actors=num_actors,
+                     num_gpus_per_actor=num_gpus_per_actor, num_cpus_per_actor=num_cpus_per_actor,
+                     allow_duplicate_ids=allow_duplicate_ids, address=address, progress=progress, delay_s=delay_s)
+    return run_job(input, output, target_dir, data_dir, draft_dir, decode, k=k, method=method,
+                   batch_size=batch_size, overwrite=overwrite, allow_duplicate_ids=allow_duplicate_ids,
+                   metadata={"engine": "ray", "num_actors": num_actors})
 
 
 def rank_histories(
@@ -218,5 +212,5 @@ def rank_histories(
                          method=method, allow_duplicate_ids=allow_duplicate_ids, **ray_options)
     lists = assemble(good, results)
     scores = np.array([np.asarray(s, dtype=np.float32) for s in lists["scores"]], dtype=np.float32).reshape(-1, k)
-    return Recommendations(items=[[int(i) - 1 for i in items] for items in lists["items"]],
+    return Recommendations(items=[[int(i) for i in items] for items in lists["items"]],
                            scores=torch.from_numpy(scores), seconds=time.perf_counter() - start)

@@ -38,7 +38,7 @@ from transformers import (
 from atspeed.decoding.speculative import DraftSchedule
 from atspeed.hf.generate import TreeBeamOutput, generate_with_tree_attention
 from atspeed.hf.speculative import generate_speculative
-from atspeed.rec.data import MAX_HISTORY, SemanticID, find_index_file, load_index
+from atspeed.rec.data import MAX_HISTORY, SemanticID, find_index_file, load_index, recent
 from atspeed.rec.tokenizer import ItemVocab, decode_items, encode_prompts, item_vocab
 from atspeed.rec.trie import ItemTrie, TrieLogitsProcessor, build_trie
 from atspeed.timing import Timer
@@ -257,7 +257,7 @@ def recommend(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     check_histories(histories, rec.num_items)
-    histories = [tuple(int(i) for i in h)[len(h) - min(len(h), max_history):] for h in histories]
+    histories = [recent([int(i) for i in h], max_history) for h in histories]
     out = Recommendations(items=[], scores=torch.empty(0, k))
     scores = []
     calls = _CallCounter(rec.target)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from atspeed.rec.data import RecDataset, eval_cases, load_dataset, save_dataset, train_samples
+from atspeed.rec.data import RecDataset, eval_cases, load_dataset, recent, save_dataset, train_samples
 
 INDEX = {  # 4 items, 4 tokens each
     "0": ["<a_0>", "<b_0>", "<c_0>", "<d_0>"],
@@ -51,6 +51,12 @@ def test_train_sample_history_keeps_only_the_most_recent_items(tmp_path):
     assert len(last.history) == 20
     assert last.history == ds.train[1][9:29]
     assert last.target == ds.train[1][29]
+
+
+def test_recent_keeps_the_last_max_history_items_oldest_first():
+    assert recent([5, 6, 7, 8], 2) == (7, 8)
+    assert recent([5, 6], 20) == (5, 6)
+    assert recent([5, 6], 0) == ()
 
 
 def test_test_history_is_train_then_valid_and_truth_is_all_test_items(tmp_path):
