@@ -22,10 +22,21 @@ from atspeed import beam_search_by_TreeAttn
 from atspeed.decoding.beam import BeamConfig
 from atspeed.decoding.static import decode, num_slots
 from atspeed.hf.generate import generate_with_tree_attention
+from atspeed.hf.graphs import capture_unsupported, planned_beam_search
 from atspeed.hf.model import TreeLM
 from atspeed.hf.slot_cache import SlotCache
 from atspeed.rec.trie import TrieLogitsProcessor, build_trie
-from helpers import ARCHS, FIRST_FREE_TOKEN, assert_same_beams, batch, examples, hf_generate, left_pad, make_model
+from helpers import (
+    ARCHS,
+    FIRST_FREE_TOKEN,
+    assert_same_beams,
+    batch,
+    examples,
+    fresh_copy,
+    hf_generate,
+    left_pad,
+    make_model,
+)
 
 DICT = dict(return_dict_in_generate=True, output_scores=True)
 
@@ -209,3 +220,57 @@ def test_unknown_engine_is_an_error():
     m, inputs = model(), batch((5,))
     with pytest.raises(ValueError, match="engine must be one of"):
         generate_with_tree_attention(m, always_beam=True, engine="turbo", **inputs, max_new_tokens=3, num_beams=3)
+
+
+# -- plans: the static buffers of one request shape, reused (captured as a CUDA graph on a GPU) ----
+
+
+def plan_kwargs(m, inputs, K=4, T=3, processors=None):
+    n = inputs["input_ids"].shape[1]
+    cfg = BeamConfig(num_beams=K, prompt_len=n, max_length=n + T)
+    return dict(model=m, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], cfg=cfg,
+                processors=processors or LogitsProcessorList(), stopping=StoppingCriteriaList([MaxLengthCriteria(n + T)]),
+                num_return_sequences=K, fill_value=-1, capture=False)
+
+
+def test_a_plan_gives_what_the_eager_static_engine_gives():
+    m, trie = fresh_copy(model()), trie_processor(64, 6)
+    for seed in range(3):  # one plan, three requests of the same shape
+        inputs = batch((6, 4), seed=seed)
+        out = planned_beam_search(**plan_kwargs(m, inputs, processors=trie))
+        ref = static(m, **inputs, max_new_tokens=3, num_beams=4, num_return_sequences=4, **DICT, logits_processor=trie)
+        assert torch.equal(out.sequences, ref.sequences) and torch.equal(out.sequences_scores, ref.sequences_scores)
+        assert out.stats["new_plan"] == (seed == 0)
+
+
+def test_a_plans_results_do_not_change_when_it_serves_the_next_request():
+    m = fresh_copy(model())
+    first = planned_beam_search(**plan_kwargs(m, batch((6, 4), seed=0)))
+    kept = first.sequences.clone()
+    planned_beam_search(**plan_kwargs(m, batch((6, 4), seed=1)))
+    assert torch.equal(first.sequences, kept)
+
+
+def test_another_item_catalogue_gets_another_plan():
+    m = fresh_copy(model())
+    planned_beam_search(**plan_kwargs(m, batch((6, 4)), processors=trie_processor(64, 6, seed=0)))
+    assert planned_beam_search(**plan_kwargs(m, batch((6, 4)), processors=trie_processor(64, 6, seed=1))).stats["new_plan"]
+
+
+def test_another_shape_gets_another_plan():
+    m = fresh_copy(model())
+    planned_beam_search(**plan_kwargs(m, batch((6, 4))))
+    assert planned_beam_search(**plan_kwargs(m, batch((6, 4)), K=5)).stats["new_plan"]
+    assert not planned_beam_search(**plan_kwargs(m, batch((6, 4)), K=5)).stats["new_plan"]
+
+
+def test_processors_without_a_graph_key_are_not_captured():
+    reason = capture_unsupported(LogitsProcessorList([lambda ids, scores: scores]), StoppingCriteriaList())
+    assert "not known to be capturable" in reason
+    assert capture_unsupported(trie_processor(64, 6), StoppingCriteriaList([MaxLengthCriteria(9)])) is None
+
+
+def test_graph_engine_needs_a_cuda_device():
+    m, inputs = model(), batch((5,))
+    with pytest.raises(NotImplementedError, match="CUDA graphs need a CUDA device"):
+        generate_with_tree_attention(m, always_beam=True, engine="graph", **inputs, max_new_tokens=3, num_beams=3)

@@ -14,7 +14,7 @@ import torch
 
 from atspeed.decoding.beam import BeamConfig
 
-ENGINES = ("auto", "static", "dynamic")
+ENGINES = ("auto", "graph", "static", "dynamic")  # graph: the static engine captured (CUDA)
 # Beyond this many new tokens a static layout (K slots per level, never compacted) attends over
 # more dead slots than the dynamic path's compaction keeps: long generation stays dynamic.
 MAX_STATIC_NEW_TOKENS = 64

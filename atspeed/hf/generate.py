@@ -21,7 +21,8 @@ from atspeed.decoding.tree_search import BeamSearchResult, tree_beam_search
 from atspeed.hf import compat
 from atspeed.hf.checks import check_generation_request
 from atspeed.hf.engine import ENGINES, new_tokens, static_unsupported
-from atspeed.hf.model import TreeLM, check_tree_support
+from atspeed.hf.graphs import capture_unsupported, planned_beam_search
+from atspeed.hf.model import TreeLM, check_tree_support, model_device
 from atspeed.hf.slot_cache import SlotCache
 
 # generate() options that tree-attention beam search does not implement: refuse, never ignore.
@@ -139,31 +140,49 @@ def run_beam_search(
     output_logits: bool = False,
     engine: str = "auto",
 ) -> BeamSearchResult:
-    """Tree-attention beam search of one prepared request on the engine that fits it: the static
-    engine wherever it applies, else the dynamic (compacting) tree path, with the reason in
-    stats["engine"]. engine="static" insists on the static engine, "dynamic" on the dynamic path."""
-    reason = static_unsupported(req.cfg) if engine != "dynamic" else "engine='dynamic' was asked for"
+    """Tree-attention beam search of one prepared request on the engine that fits it: on a GPU the
+    static engine's captured graph (one per request shape, reused), else the static engine run
+    eagerly, else the dynamic (compacting) tree path; stats["engine"] says which, and why not a
+    faster one. engine="graph" / "static" / "dynamic" insists on one."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
-    if engine == "static" and reason is not None:
+    reason = static_unsupported(req.cfg) if engine != "dynamic" else "engine='dynamic' was asked for"
+    if engine in ("static", "graph") and reason is not None:
         raise NotImplementedError(f"the static engine cannot run this request: {reason}.")
-    common = dict(
-        num_return_sequences=req.num_return_sequences,
-        fill_value=req.fill_value,
-        output_scores=output_scores,
-        output_logits=output_logits,
-    )
+    no_graph = graph_unsupported(model, engine, output_scores or output_logits, logits_processor, stopping_criteria)
+    if engine == "graph" and no_graph is not None:
+        raise NotImplementedError(f"the decode cannot be captured: {no_graph}.")
+    common = dict(num_return_sequences=req.num_return_sequences, fill_value=req.fill_value)
     args = (req.prompt, req.attention_mask, req.cfg, logits_processor, stopping_criteria)
+    if reason is None and no_graph is None:
+        result = planned_beam_search(model, *args, **common, capture=True)
+        result.stats.update(engine="static (CUDA graph)")
+        return result
+    record = dict(output_scores=output_scores, output_logits=output_logits)
     if reason is None:
         lm = TreeLM(model, SlotCache(num_slots(req.cfg.prompt_len, req.cfg.num_beams, new_tokens(req.cfg))))
-        result = static_beam_search(lm, *args, **common)
-        result.stats.update(engine="static", peak_cache_bytes=lm.cache_bytes)
+        result = static_beam_search(lm, *args, **common, **record)
+        result.stats.update(engine="static" + (f" (no graph: {no_graph})" if model_device(model).type == "cuda" else ""),
+                            peak_cache_bytes=lm.cache_bytes)
     else:
         lm = TreeLM(model)
-        result = tree_beam_search(lm, *args, **common)
+        result = tree_beam_search(lm, *args, **common, **record)
         result.stats.update(engine=f"dynamic: {reason}")
     result.stats.update(target_calls=lm.forward_calls, target_tokens=lm.tokens_processed)
     return result
+
+
+def graph_unsupported(
+    model: torch.nn.Module, engine: str, step_outputs: bool, processors: Any, stopping: Any
+) -> str | None:
+    """Why this request's static decode will not be a captured graph, or None."""
+    if engine == "static":
+        return "engine='static' was asked for"
+    if model_device(model).type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if step_outputs:
+        return "per-step scores / logits are recorded eagerly"
+    return capture_unsupported(processors, stopping)
 
 
 _KNOWN_MODEL_KWARGS = {

@@ -197,6 +197,10 @@ class TrieLogitsProcessor(LogitsProcessor):
         mask = allowed_mask(self.trie, prefix, scores.shape[-1], self.eos_token_ids)
         return scores.masked_fill(~mask, -float("inf"))
 
+    def graph_key(self) -> tuple:
+        """What a captured decode bakes in: this trie's tables, the prompt length and EOS ids."""
+        return (id(self.trie), self.prompt_len, tuple(self.eos_token_ids))
+
     def per_row(self, input_ids: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The same constraint for rows at their own lengths: input_ids [N, max_length] holds row n's
         tokens in its first lengths[n] columns (prompt included)."""
