@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Callable
@@ -75,6 +76,8 @@ def decode_roofline_s(model: torch.nn.Module, peak: Peak, batch: int, prompt: in
 # -- the engine benchmark ---------------------------------------------------------------------------
 
 ENGINE_METHODS = ("hf", "hf-static", "tree", "engine", "engine+sd", "engine+sd-noisy")
+# "engine-eager": the static engine without CUDA graph capture (on a CPU it is what "engine" runs)
+ALL_ENGINE_METHODS = ENGINE_METHODS + ("engine-eager",)
 
 
 @dataclass
@@ -123,6 +126,8 @@ def engine_cell(
         "hf-static": lambda: target.generate(**inputs, **common, cache_implementation="static"),
         "tree": lambda: generate_with_tree_attention(target, always_beam=True, engine="dynamic", **inputs, **common),
         "engine": lambda: generate_with_tree_attention(target, always_beam=True, **inputs, **common),
+        "engine-eager": lambda: generate_with_tree_attention(target, always_beam=True, engine="static", **inputs,
+                                                             **common),
         "engine+sd": sd(draft),
         "engine+sd-noisy": sd(noisy_draft),
     }
@@ -179,10 +184,12 @@ def engine_benchmark(
     repeats: int = 3,
     hf_max_rows: int = 4096,
     noise: float = 0.02,
+    time_budget_s: float | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> list[EngineCell]:
     """The engine table on `atspeed.models.draft_target_pair(size)` (its target, an always-right draft
-    and one with `noise`), rec shape: 84-token prompt, 4 new tokens. Prints rows as they finish."""
+    and one with `noise`), rec shape: 84-token prompt, 4 new tokens. Prints rows as they finish;
+    cells left when `time_budget_s` is spent are skipped, and said so."""
     from atspeed.models import draft_target_pair
 
     torch_dtype = getattr(torch, dtype)
@@ -195,8 +202,12 @@ def engine_benchmark(
              f"4 new tokens")
     print_fn(f"measured peak: {peak.flops / 1e9:.0f} GFLOP/s matmul, {peak.bytes_per_s / 1e9:.0f} GB/s copy")
     cells: list[EngineCell] = []
+    deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     for batch in batches:
         for k in beams:
+            if deadline is not None and time.monotonic() > deadline:
+                print_fn(f"B={batch} K={k}: not run (time budget of {time_budget_s:.0f} s spent)")
+                continue
             cells.append(engine_cell(target, draft, noisy, peak, batch=batch, beams=k, repeats=repeats,
                                      methods=methods, hf_max_rows=hf_max_rows))
             print_fn("\n".join(format_engine_table(cells[-1:], methods).splitlines()[1:]))

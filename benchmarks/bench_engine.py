@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from atspeed.benchmarking import ENGINE_METHODS, engine_benchmark
+from atspeed.benchmarking import ALL_ENGINE_METHODS, ENGINE_METHODS, engine_benchmark
 from atspeed.models import SIZES
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 20, 128, 256])
-    ap.add_argument("--methods", nargs="+", default=list(ENGINE_METHODS), choices=ENGINE_METHODS)
+    ap.add_argument("--methods", nargs="+", default=list(ENGINE_METHODS), choices=ALL_ENGINE_METHODS)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hf-max-rows", type=int, default=4096, help="skip HF above B*K beam rows")
     ap.add_argument("--noise", type=float, default=0.02, help="the noisy draft's disagreement")
