@@ -3,11 +3,16 @@
     atspeed demo                      synthetic data + the committed small models -> quality/speed table + plot
     atspeed data synthetic OUT        write the synthetic dataset
     atspeed data prepare LOG OUT      interaction log (CSV/Parquet) -> splits + semantic IDs
+    atspeed data fix-index DIR        make every semantic ID of an index unique (one more code)
     atspeed train DATA OUT            train a target or draft recommender
     atspeed teacher / align           teacher data, and draft alignment (AtSpeed-S/-R and baselines)
     atspeed evaluate                  Recall/NDCG and speed of every decoding method, table + JSON/CSV/PNG
     atspeed recommend                 top-K items for one history, or a batch job (in-process or Ray Data)
-    atspeed bench decode | trie       speed benchmarks on built-in models
+    atspeed bench decode | trie | engine   speed benchmarks on built-in models
+
+The commands parse their options and call the library (`atspeed.rec`, `atspeed.align`,
+`atspeed.benchmarking`), which they import when they run: `atspeed --help` loads neither torch nor
+transformers. Choice lists are read from the modules that own them (`_names`).
 
 Item ids on the command line are the ones in `sequential_*.txt` (1-based); the Python API is 0-based.
 
@@ -17,19 +22,39 @@ names the file or option, and exit status 2; `atspeed --debug COMMAND` shows the
 
 from __future__ import annotations
 
+import ast
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
-import torch
 
-from atspeed.rec.data import eval_cases, find_index_file, load_dataset, load_index
-from atspeed.rec.recommend import METHODS, PRETRAINED, check_k, check_method
+from atspeed.rec.data import EVAL_SPLITS, count_items
+from atspeed.rec.recipes import SIZES as RECIPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # what the library raises for bad input (files, folders, values, unsupported settings): shown as one line
 USER_ERRORS = (ValueError, OSError, NotImplementedError)
+
+
+def _names(module: str, name: str) -> tuple[str, ...]:
+    """The names in `module.name` (a literal tuple, or a dict's keys), read from the module's source
+    instead of imported: the lists stay with their owners, and listing them does not load torch.
+    `tests/test_cli_startup.py` checks each against the imported value."""
+    path = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if any(getattr(t, "id", None) == name for t in targets):
+            return tuple(ast.literal_eval(node.value))
+    raise LookupError(f"{path}: no literal {name} = ...")
+
+
+METHODS = _names("atspeed.rec.recommend", "METHODS")
+ALIGN_METHODS = _names("atspeed.align.trainer", "METHODS")
+ENGINE_METHODS = _names("atspeed.benchmarking", "ENGINE_METHODS")
+MODEL_SIZES = _names("atspeed.models", "SIZES")
+DEMO_RECIPES = _names("atspeed.rec.experiment", "DEMO_RECIPES")
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names
+ENGINES = ("local", "ray")
 
 
 class InputError(click.ClickException):
@@ -73,22 +98,84 @@ def _ray_engine():
     return engine
 
 
-def _ks(value: str) -> list[int]:
-    try:
-        ks = sorted({int(x) for x in value.replace(",", " ").split()})
-    except ValueError:
-        raise click.BadParameter(f"expected integers like '5,10,20', got {value!r}") from None
-    if not ks or ks[0] < 1:
-        raise click.BadParameter("every K must be >= 1")
-    return ks
+# ------------------------------------------------------------------------------------------------
+# option values and option groups, declared once
 
 
-def _methods(value: str) -> list[str]:
-    methods = [m for m in value.replace(",", " ").split() if m]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise click.BadParameter(f"choose from {', '.join(METHODS)}; got {value!r}")
-    return methods
+def _positive_ints(what: str) -> Callable[[click.Context, click.Parameter, str], list[int]]:
+    """A callback: '5,10,20' or '5 10 20' -> [5, 10, 20] (sorted, once each), every value >= 1."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+        try:
+            values = sorted({int(x) for x in value.replace(",", " ").split()})
+        except ValueError:
+            raise click.BadParameter(f"expected integers like '5,10,20', got {value!r}") from None
+        if not values or values[0] < 1:
+            raise click.BadParameter(f"every {what} must be >= 1")
+        return values
+
+    return parse
+
+
+def _subset(choices: tuple[str, ...]) -> Callable[[click.Context, click.Parameter, str | None], list[str] | None]:
+    """A callback: 'a,b' or 'a b' -> ['a', 'b'], each one of `choices` (None stays None: the default)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = value.replace(",", " ").split()
+        if not names or any(n not in choices for n in names):
+            raise click.BadParameter(f"choose from {', '.join(choices)}; got {value!r}")
+        return names
+
+    return parse
+
+
+def _options(*options: Callable) -> Callable:
+    """Several click options as one decorator, in the order given (as --help lists them)."""
+
+    def apply(f: Callable) -> Callable:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
+NEW_FOLDER = click.Path(file_okay=False, path_type=Path)
+
+
+def _data(required: bool = True, help: str = "dataset folder (<name>.index.json + sequential_*.txt)"):
+    return click.option("--data", "data_dir", type=FOLDER, required=required, help=help)
+
+
+def _target(required: bool = True, help: str = "target model folder (e.g. OUT/final of `atspeed train`)"):
+    return click.option("--target", type=FOLDER, required=required, help=help)
+
+
+def _draft(help: str = "draft model folder, for speculative decoding"):
+    return click.option("--draft", type=FOLDER, default=None, help=help)
+
+
+DEVICE = click.option("--device", default="cpu", show_default=True)
+DTYPE = click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+KS = click.option("--ks", default="5,10,20", show_default=True, callback=_positive_ints("K"),
+                  help="beam sizes K (one beam search per K)")
+MODELS = _options(_data(), _target(), _draft())
+RAY = _options(
+    click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+                 help="decode in this process, or on Ray Data (a pool of actors)"),
+    click.option("--actors", default=1, show_default=True, help="Ray: actors, each loads the models once"),
+    click.option("--gpus-per-actor", default=0.0, show_default=True),
+    click.option("--cpus-per-actor", default=1.0, show_default=True),
+    click.option("--ray-address", default=None, help="Ray: a running cluster (default: start a local one)"),
+)
+
+
+def _ray_settings(actors: int, gpus_per_actor: float, cpus_per_actor: float, ray_address: str | None) -> dict:
+    return dict(num_actors=actors, num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor,
+                address=ray_address)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,7 +195,7 @@ def data() -> None:
 
 
 @data.command("synthetic")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=NEW_FOLDER)
 @click.option("--items", default=512, show_default=True)
 @click.option("--users", default=1000, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -122,7 +209,7 @@ def data_synthetic(out: Path, items: int, users: int, seed: int) -> None:
 
 @data.command("prepare")
 @click.argument("log", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=NEW_FOLDER)
 @click.option("--name", default="custom", show_default=True, help="dataset name (<name>.index.json)")
 @click.option("--user-col", default="user", show_default=True)
 @click.option("--item-col", default="item", show_default=True)
@@ -144,14 +231,28 @@ def data_prepare(log: Path, out: Path, name: str, user_col: str, item_col: str, 
     click.echo(f"wrote {out}: {ds.num_items} items, {len(ds.users)} users")
 
 
+@data.command("fix-index")
+@click.argument("data_dir", metavar="DIR", type=FOLDER)
+@click.option("--out", type=NEW_FOLDER, default=None,
+              help="write the fixed dataset to this new folder (default: replace DIR's index in place)")
+def data_fix_index(data_dir: Path, out: Path | None) -> None:
+    """Make every semantic ID of DIR's index unique: items that share an ID get one more code that tells
+    them apart (as `data prepare` does), so every item can be recommended. Retrain models afterwards."""
+    from atspeed.rec.prepare import fix_index
+
+    path, shared = fix_index(data_dir, out)
+    click.echo(f"wrote {path}: {shared} items that shared a semantic ID now have their own "
+               "(every ID one code longer)")
+
+
 # ------------------------------------------------------------------------------------------------
 # train
 
 
 @main.command()
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(["target", "draft", "tiny"]), default="target", show_default=True,
+@click.argument("data_dir", type=FOLDER)
+@click.argument("out", type=NEW_FOLDER)
+@click.option("--kind", type=click.Choice(RECIPES), default="target", show_default=True,
               help="model recipe (atspeed.rec.recipes)")
 @click.option("--epochs", default=10.0, show_default=True)
 @click.option("--max-steps", default=-1, show_default=True, help="> 0 overrides --epochs")
@@ -162,105 +263,42 @@ def data_prepare(log: Path, out: Path, name: str, user_col: str, item_col: str, 
               help="steps between checkpoints (the last 2 are kept)")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="continue from OUT's last complete checkpoint")
-@click.option("--allow-duplicate-ids", is_flag=True, help="accept an index where items share a semantic ID")
-def train(data_dir: Path, out: Path, kind: str, epochs: float, max_steps: int, batch_size: int, lr: float,
-          seed: int, save_steps: int, resume: bool, allow_duplicate_ids: bool) -> None:
+@click.option("--allow-duplicate-ids", is_flag=True,
+              help="accept an index where items share a semantic ID (better: `atspeed data fix-index`)")
+def train(data_dir: Path, out: Path, kind: str, allow_duplicate_ids: bool, **settings) -> None:
     """Train a recommender from scratch on DATA_DIR's train split; the model lands in OUT/final."""
-    final = _train_recipe(data_dir, out, kind, allow_duplicate_ids=allow_duplicate_ids, seed=seed, epochs=epochs,
-                          max_steps=max_steps, batch_size=batch_size, lr=lr, save_steps=save_steps, resume=resume)
+    from atspeed.rec.train import train_recipe
+
+    final = train_recipe(data_dir, out, kind, allow_duplicate_ids=allow_duplicate_ids, log=click.echo, **settings)
     click.echo(f"saved {final}")
-
-
-def _train_recipe(data_dir: Path, out: Path, kind: str, *, allow_duplicate_ids: bool, seed: int = 0,
-                  **settings) -> Path:
-    """A fresh model of recipe `kind`, seeded, trained on `data_dir` (settings go to atspeed.rec.train.train)."""
-    from atspeed.rec.recipes import new_model
-    from atspeed.rec.tokenizer import build_tokenizer
-    from atspeed.rec.train import last_checkpoint
-    from atspeed.rec.train import train as run_training
-
-    ds = load_dataset(data_dir, allow_duplicate_ids=allow_duplicate_ids)
-    tokenizer = build_tokenizer(ds.index)
-    torch.manual_seed(seed)
-    model = new_model(kind, tokenizer)
-    click.echo(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-               f"{ds.name} ({ds.num_items} items)")
-    checkpoint = last_checkpoint(out) if settings.get("resume", True) and out.is_dir() else None
-    if checkpoint is not None:
-        click.echo(f"resuming from {checkpoint}")
-    return run_training(model, tokenizer, ds, out, seed=seed, **settings)
 
 
 # ------------------------------------------------------------------------------------------------
 # evaluate / recommend
 
 
-def _evaluate(data_dir: Path, target: Path, draft: Path | None, ks: list[int], *, methods: list[str] | None = None,
-              users: int | None = None, batch_size: int = 1, draft_beams: int | None = None, gamma: int = 3,
-              out: Path | None = None, device: str = "cpu", dtype: str = "float32", split: str = "test") -> None:
-    """Shared by `evaluate` and `demo`: load, run every method at every K, print and save the table."""
-    from atspeed.rec.evaluate import evaluate_decoding
-    from atspeed.rec.recommend import load_recommender
-    from atspeed.rec.report import format_table, write_report
-
-    ds = load_dataset(data_dir, allow_duplicate_ids=True)
-    cases = eval_cases(ds, split)
-    if users is not None:
-        cases = cases[:users]
-    rec = load_recommender(target, data_dir, draft, device=device, dtype=DTYPES[dtype], allow_duplicate_ids=True)
-    n_target = sum(p.numel() for p in rec.target.parameters())
-    desc = f"{ds.name}: {len(cases)} {split} users, target {n_target / 1e6:.2f} M params"
-    if rec.draft is not None:
-        desc += f", draft {sum(p.numel() for p in rec.draft.parameters()) / 1e6:.2f} M"
-    click.echo(f"{desc}; {device} {dtype}, {torch.get_num_threads()} threads, batch size {batch_size}")
-    rows = evaluate_decoding(rec, cases, ks, methods, batch_size=batch_size, draft_beams=draft_beams, gamma=gamma)
-    click.echo(format_table(rows))
-    if out is not None:
-        meta = {"dataset": ds.name, "synthetic": ds.synthetic, "users": len(cases), "split": split,
-                "target": str(target), "draft": str(draft) if draft else None, "device": device, "dtype": dtype,
-                "batch_size": batch_size, "gamma": gamma, "draft_beams": draft_beams or "2K",
-                "torch": torch.__version__, "threads": torch.get_num_threads()}
-        paths = write_report(rows, out, meta, title=desc)
-        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
-
-
-def _eval_options(f):
-    options = [
-        click.option("--ks", default="5,10,20", show_default=True, callback=lambda c, p, v: _ks(v),
-                     help="beam sizes K (one beam search per K)"),
-        click.option("--methods", default=None, callback=lambda c, p, v: v and _methods(v),
-                     help=f"subset of {', '.join(METHODS)} (default: all that apply)"),
-        click.option("--users", type=int, default=None, help="evaluate the first N test users only"),
-        click.option("--batch-size", default=1, show_default=True, help="users decoded together"),
-        click.option("--draft-beams", type=int, default=None, help="draft beams N (default 2K)"),
-        click.option("--gamma", default=3, show_default=True, help="levels drafted per round"),
-        click.option("--device", default="cpu", show_default=True),
-        click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
 @main.command()
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--draft", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
-@_eval_options
-@click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="folder for results.json, results.csv and results.png")
-def evaluate(data_dir, target, draft, ks, methods, users, batch_size, draft_beams, gamma, device, dtype, split,
-             out) -> None:
+@MODELS
+@KS
+@click.option("--methods", default=None, callback=_subset(METHODS),
+              help=f"subset of {', '.join(METHODS)} (default: all that apply)")
+@click.option("--users", type=int, default=None, help="evaluate the first N test users only")
+@click.option("--batch-size", default=1, show_default=True, help="users decoded together")
+@click.option("--draft-beams", type=int, default=None, help="draft beams N (default 2K)")
+@click.option("--gamma", default=3, show_default=True, help="levels drafted per round")
+@DEVICE
+@DTYPE
+@click.option("--split", type=click.Choice(EVAL_SPLITS), default="test", show_default=True)
+@click.option("--out", type=NEW_FOLDER, default=None, help="folder for results.json, results.csv and results.png")
+def evaluate(data_dir: Path, target: Path, draft: Path | None, ks: list[int], **settings) -> None:
     """Recall@K / NDCG@K and speed of HF beam search, tree attention and speculative decoding, side by side."""
-    _evaluate(data_dir, target, draft, ks, methods=methods, users=users, batch_size=batch_size,
-              draft_beams=draft_beams, gamma=gamma, out=out, device=device, dtype=dtype, split=split)
+    from atspeed.rec.experiment import evaluate_run
+
+    evaluate_run(data_dir, target, draft, ks, log=click.echo, **settings)
 
 
 @main.command()
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--draft", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@MODELS
 @click.option("--history", default=None, help="one user's items, oldest first, 1-based as in sequential_*.txt")
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="batch job: users.parquet or users.jsonl with columns user, history (1-based items)")
@@ -268,41 +306,37 @@ def evaluate(data_dir, target, draft, ks, methods, users, batch_size, draft_beam
               help="batch job: lists.parquet (user, items, scores); bad rows go to lists.errors.parquet")
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--method", type=click.Choice(METHODS), default="tree", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="batch job: in this process, or on Ray Data (a pool of actors)")
-@click.option("--batch-size", default=16, show_default=True, help="users decoded together")
-@click.option("--actors", default=1, show_default=True, help="Ray: actors, each loads the models once")
-@click.option("--gpus-per-actor", default=0.0, show_default=True)
-@click.option("--cpus-per-actor", default=1.0, show_default=True)
-@click.option("--ray-address", default=None, help="Ray: a running cluster (default: start a local one)")
+@DEVICE
+@click.option("--batch-size", default=16, show_default=True, help="batch job: users decoded together")
+@RAY
 @click.option("--overwrite", is_flag=True, help="batch job: replace an existing output (atomically)")
 def recommend(data_dir: Path, target: Path, draft: Path | None, history: str | None, input_path: Path | None,
-              output: Path | None, k: int, method: str, device: str, engine: str, batch_size: int, actors: int,
-              gpus_per_actor: float, cpus_per_actor: float, ray_address: str | None, overwrite: bool) -> None:
+              output: Path | None, k: int, method: str, device: str, batch_size: int, engine: str,
+              overwrite: bool, **ray: object) -> None:
     """Top-K next items: for one --history (printed), or for every user of --input (written to --output)."""
+    from atspeed.rec.recommend import check_k, check_method
+
     if (history is None) == (input_path is None):
         raise click.UsageError("give exactly one of --history (one user) or --input (a batch job).")
     if input_path is not None and output is None:
         raise click.UsageError("--input needs --output (a .parquet file).")
     with _about("--draft"):
         check_method(method, has_draft=draft is not None)
-    num_items = len(load_index(find_index_file(data_dir), allow_duplicate_ids=True))
+    num_items = count_items(data_dir, allow_duplicate_ids=True)
     with _about("-k"):
         check_k(k, num_items)
-    if input_path is not None:
-        _recommend_batch(input_path, output, target, data_dir, draft, k, method, batch_size, device, engine,
-                         actors, gpus_per_actor, cpus_per_actor, ray_address, overwrite)
+    if input_path is None:
+        _print_recommendations(data_dir, target, draft, _history(history, num_items), k, method, device)
         return
-    from atspeed.rec.recommend import load_recommender
-    from atspeed.rec.recommend import recommend as run
+    settings = dict(k=k, method=method, batch_size=batch_size, overwrite=overwrite, allow_duplicate_ids=True)
+    if engine == "ray":
+        result = _ray_engine().run_ray(input_path, output, target, data_dir, draft, **settings, **_ray_settings(**ray))
+    else:
+        from atspeed.rec.batch import run_local
 
-    items = _history(history, num_items)
-    rec = load_recommender(target, data_dir, draft, device=device, allow_duplicate_ids=True)
-    out = run(rec, [items], k, method=method)
-    click.echo(f"{'rank':>4} {'item':>7} {'score':>9}  semantic ID")
-    for rank, (item, score) in enumerate(zip(out.items[0], out.scores[0].tolist(), strict=True), start=1):
-        click.echo(f"{rank:>4} {item + 1:>7} {score:>9.4f}  {''.join(rec.index[item])}")
+        result = run_local(input_path, output, target, data_dir, draft, device=device, **settings)
+    click.echo(f"{result.users} users -> {result.output}; {result.errors} bad rows -> {result.errors_output}; "
+               f"{result.users_per_second:.1f} users/s ({engine})")
 
 
 def _history(text: str, num_items: int) -> list[int]:
@@ -319,20 +353,16 @@ def _history(text: str, num_items: int) -> list[int]:
     return items
 
 
-def _recommend_batch(input_path: Path, output: Path, target: Path, data_dir: Path, draft: Path | None, k: int,
-                     method: str, batch_size: int, device: str, engine: str, actors: int, gpus_per_actor: float,
-                     cpus_per_actor: float, ray_address: str | None, overwrite: bool) -> None:
-    settings = dict(k=k, method=method, batch_size=batch_size, overwrite=overwrite, allow_duplicate_ids=True)
-    if engine == "ray":
-        result = _ray_engine().run_ray(input_path, output, target, data_dir, draft, num_actors=actors,
-                                       num_gpus_per_actor=gpus_per_actor, num_cpus_per_actor=cpus_per_actor,
-                                       address=ray_address, **settings)
-    else:
-        from atspeed.rec.batch import run_local
+def _print_recommendations(data_dir: Path, target: Path, draft: Path | None, items: list[int], k: int, method: str,
+                           device: str) -> None:
+    """One user's top-K items as a table: rank, item (1-based), beam score, semantic ID."""
+    from atspeed.rec.recommend import load_recommender, recommend
 
-        result = run_local(input_path, output, target, data_dir, draft, device=device, **settings)
-    click.echo(f"{result.users} users -> {result.output}; {result.errors} bad rows -> {result.errors_output}; "
-               f"{result.users_per_second:.1f} users/s ({engine})")
+    rec = load_recommender(target, data_dir, draft, device=device, allow_duplicate_ids=True)
+    out = recommend(rec, [items], k, method=method)
+    click.echo(f"{'rank':>4} {'item':>7} {'score':>9}  semantic ID")
+    for rank, (item, score) in enumerate(zip(out.items[0], out.scores[0].tolist(), strict=True), start=1):
+        click.echo(f"{rank:>4} {item + 1:>7} {score:>9.4f}  {''.join(rec.index[item])}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,51 +370,47 @@ def _recommend_batch(input_path: Path, output: Path, target: Path, data_dir: Pat
 
 
 @main.command()
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="cache folder (resumed if unfinished)")
+@_data()
+@_target()
+@click.option("--out", type=NEW_FOLDER, required=True, help="cache folder (resumed if unfinished)")
 @click.option("-k", "--top-k", "k", default=20, show_default=True, help="target beams kept per prompt")
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--chunk-size", default=1024, show_default=True, help="prompts per resumable chunk")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="decode here, or on Ray Data (one actor pool per chunk: use a large --chunk-size)")
-@click.option("--actors", default=1, show_default=True)
-@click.option("--gpus-per-actor", default=0.0, show_default=True)
-@click.option("--ray-address", default=None, help="Ray: a running cluster (default: start a local one)")
+@click.option("--chunk-size", default=1024, show_default=True,
+              help="prompts per resumable chunk (Ray: one actor pool per chunk, so make it large)")
+@DEVICE
+@DTYPE
+@RAY
 def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, chunk_size: int, device: str,
-            dtype: str, engine: str, actors: int, gpus_per_actor: float, ray_address: str | None) -> None:
+            dtype: str, engine: str, **ray: object) -> None:
     """Teacher data for alignment: the target's top-K items for every training prompt (safetensors, resumable)."""
     from functools import partial
 
+    import torch
+
     from atspeed.align.teacher import generate_teacher_data
+    from atspeed.rec.data import load_dataset
     from atspeed.rec.recommend import load_recommender
 
-    rec = load_recommender(target, data_dir, device=device, dtype=DTYPES[dtype], allow_duplicate_ids=True)
     rank = None
     if engine == "ray":
         rank = partial(_ray_engine().rank_histories, k=k, target_dir=target, data_dir=data_dir, batch_size=batch_size,
-                       allow_duplicate_ids=True, num_actors=actors, num_gpus_per_actor=gpus_per_actor,
-                       address=ray_address)
+                       allow_duplicate_ids=True, **_ray_settings(**ray))
+    rec = load_recommender(target, data_dir, device=device, dtype=getattr(torch, dtype), allow_duplicate_ids=True)
     path = generate_teacher_data(rec, load_dataset(data_dir, allow_duplicate_ids=True), out, k=k,
                                  batch_size=batch_size, chunk_size=chunk_size, rank=rank)
     click.echo(f"teacher data in {path}")
 
 
 @main.command()
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--teacher", "teacher_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@_data()
+@_target()
+@click.option("--teacher", "teacher_dir", type=NEW_FOLDER, default=None,
               help="teacher data folder (`atspeed teacher`); made here if missing (methods that need it)")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", type=NEW_FOLDER, required=True,
               help="the aligned draft lands in OUT/final, the acceptance history in OUT/history.json")
-@click.option("--method", type=click.Choice(["atspeed-s", "atspeed-r", "wordkd", "tvdkd", "seqkd", "none"]),
-              default="atspeed-s", show_default=True)
-@click.option("--draft", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="start from this draft (default: a fresh model of --kind)")
-@click.option("--kind", type=click.Choice(["draft", "tiny"]), default="draft", show_default=True)
+@click.option("--method", type=click.Choice(ALIGN_METHODS), default="atspeed-s", show_default=True)
+@_draft(help="start from this draft (default: a fresh model of --kind)")
+@click.option("--kind", type=click.Choice(RECIPES), default="draft", show_default=True)
 @click.option("--alpha", default=0.7, show_default=True, help="(1 - alpha) L_rec + alpha L_align")
 @click.option("--top-k", "top_k", default=20, show_default=True, help="AtSpeed-S: the draft's top-k set")
 @click.option("--temperature", default=1.0, show_default=True)
@@ -402,34 +428,32 @@ def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, ch
 @click.option("-k", "--beams", "k", default=20, show_default=True, help="K of the acceptance check")
 @click.option("--gamma", default=3, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="device of the teacher-data run")
-def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, method: str, draft: Path | None,
-          kind: str, alpha: float, top_k: int, temperature: float, mask_to_valid: bool, teacher_beams: int,
-          on_policy: bool, epochs: int, max_steps: int | None, batch_size: int, lr: float, seed: int,
-          eval_every: int, eval_users: int, k: int, gamma: int, device: str) -> None:
+def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, draft: Path | None, kind: str,
+          device: str, **settings) -> None:
     """Train a draft to agree with the target (AtSpeed-S / -R or a baseline); keeps the draft with the best
     acceptance. Runs under `accelerate launch` too."""
+    import torch
+
     from atspeed.align.teacher import TEACHER_FILE, generate_teacher_data, load_teacher_data
     from atspeed.align.trainer import TEACHER_METHODS, AlignConfig
     from atspeed.align.trainer import align as run_alignment
+    from atspeed.rec.data import load_dataset
     from atspeed.rec.recipes import new_model
     from atspeed.rec.recommend import load_recommender
 
+    method = settings["method"]
+    if method in TEACHER_METHODS and teacher_dir is None:
+        raise click.UsageError(f"--method {method} trains on the target's beams: give --teacher DIR.")
     ds = load_dataset(data_dir, allow_duplicate_ids=True)
     rec = load_recommender(target, data_dir, draft, device=device, allow_duplicate_ids=True)
     teacher_data = None
     if method in TEACHER_METHODS:
-        if teacher_dir is None:
-            raise click.UsageError(f"--method {method} trains on the target's beams: give --teacher DIR.")
         if not (teacher_dir / TEACHER_FILE).exists():  # made (or resumed) here; a finished one is reused
-            generate_teacher_data(rec, ds, teacher_dir, k=teacher_beams)
+            generate_teacher_data(rec, ds, teacher_dir, k=settings["teacher_beams"])
         teacher_data = load_teacher_data(teacher_dir)
-    torch.manual_seed(seed)
+    torch.manual_seed(settings["seed"])
     start = rec.draft if rec.draft is not None else new_model(kind, rec.tokenizer)
-    cfg = AlignConfig(method=method, alpha=alpha, top_k=top_k, temperature=temperature, mask_to_valid=mask_to_valid,
-                      teacher_beams=teacher_beams, on_policy=on_policy, epochs=epochs, max_steps=max_steps,
-                      batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, eval_users=eval_users, k=k,
-                      gamma=gamma)
-    result = run_alignment(rec.target, start, rec.tokenizer, ds, teacher_data, out, cfg)
+    result = run_alignment(rec.target, start, rec.tokenizer, ds, teacher_data, out, AlignConfig(**settings))
     click.echo(f"best acceptance {result.best_acceptance:.3f} levels/round at step {result.best_step}; "
                f"saved {result.final}")
 
@@ -439,53 +463,25 @@ def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, met
 
 
 @main.command()
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="a dataset folder (e.g. ../shared/data/beauty); default: the built-in synthetic dataset")
-@click.option("--target", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="a trained target (default: the committed synthetic model, or train one for --data)")
-@click.option("--draft", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("atspeed-demo"),
-              show_default=True, help="work folder: data, trained models, results.{json,csv,png}")
+@_data(required=False, help="a dataset folder (e.g. ../shared/data/beauty); default: the built-in synthetic one")
+@_target(required=False, help="a trained target (default: the committed synthetic model, or train one for --data)")
+@_draft()
+@click.option("--out", type=NEW_FOLDER, default=Path("atspeed-demo"), show_default=True,
+              help="work folder: data, trained models, results.{json,csv,png}")
 @click.option("--users", type=int, default=100, show_default=True, help="test users to evaluate")
-@click.option("--ks", default="5,10,20", show_default=True, callback=lambda c, p, v: _ks(v))
+@KS
 @click.option("--epochs", type=float, default=1.0, show_default=True,
               help="training epochs when models are trained (with --data, or with --train-steps)")
 @click.option("--train-steps", type=int, default=None,
               help="train target and draft for this many steps instead of using committed weights")
-@click.option("--recipe", type=click.Choice(["default", "tiny"]), default="default", show_default=True,
+@click.option("--recipe", type=click.Choice(DEMO_RECIPES), default="default", show_default=True,
               help="tiny: both models from the tiny recipe (fast smoke runs)")
-def demo(data_dir: Path | None, target: Path | None, draft: Path | None, out: Path, users: int, ks: list[int],
-         epochs: float, train_steps: int | None, recipe: str) -> None:
+def demo(data_dir: Path | None, out: Path, **settings) -> None:
     """The recommendation demo, offline: data -> target + draft -> HF vs tree attention vs speculative
     beam search, quality and speed side by side (table, results.json/csv and results.png in OUT)."""
-    out.mkdir(parents=True, exist_ok=True)
-    committed = data_dir is None and train_steps is None and recipe == "default"
-    if data_dir is None:
-        from atspeed.rec.synthetic import write_synthetic
+    from atspeed.rec.experiment import demo as run_demo
 
-        data_dir = out / "data"
-        write_synthetic(data_dir)
-        click.echo(f"synthetic dataset (not real users) written to {data_dir}")
-    for role, kind in (("target", "target"), ("draft", "draft")):
-        if (target if role == "target" else draft) is not None:
-            continue
-        if committed and (PRETRAINED / f"synthetic-{role}").exists():
-            path = PRETRAINED / f"synthetic-{role}"
-            click.echo(f"{role}: committed weights {path} (see its README for the command that made them)")
-        else:
-            path = _train_for_demo(data_dir, out / role, "tiny" if recipe == "tiny" else kind, epochs, train_steps)
-        if role == "target":
-            target = path
-        else:
-            draft = path
-    _evaluate(data_dir, target, draft, ks, users=users, out=out)
-
-
-def _train_for_demo(data_dir: Path, out: Path, kind: str, epochs: float, steps: int | None) -> Path:
-    click.echo(f"training {kind} -> {out} ({f'{steps} steps' if steps else f'{epochs:g} epochs'}; "
-               "resumes if interrupted)")
-    return _train_recipe(data_dir, out, kind, allow_duplicate_ids=True, epochs=epochs, max_steps=steps or -1,
-                         save_steps=max(50, steps or 500), logging_steps=max(1, (steps or 500) // 5))
+    run_demo(out, data_dir=data_dir, log=click.echo, **settings)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -504,51 +500,56 @@ def bench() -> None:
 @click.option("--new-tokens", default=4, show_default=True, help="tokens to generate (an item ID is 4)")
 @click.option("--prompt-len", default=84, show_default=True)
 @click.option("--repeats", default=5, show_default=True)
-def bench_decode(beams: int, draft_beams: int, gamma: int, new_tokens: int, prompt_len: int, repeats: int) -> None:
+def bench_decode(**settings: int) -> None:
     """HF beam search vs tree attention vs strict speculative beam search on a built-in random model pair
     (no downloads): same outputs, and how long each took."""
-    from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
-    from atspeed.benchmarking import compare
-    from atspeed.models import draft_target_pair
+    from atspeed.bench_decode import decode_benchmark
 
-    torch.manual_seed(0)
-    target, draft = draft_target_pair("cpu", noise=0.0)
-    prompt = torch.randint(3, target.config.vocab_size, (1, prompt_len))
-    inputs = {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
-    click.echo(f"target: random Llama {target.config.num_hidden_layers}x{target.config.hidden_size}; draft: its "
-               f"first layer (always agrees). prompt {prompt_len} tokens, K={beams}, {new_tokens} new tokens")
-    with torch.inference_mode():
-        runs = {
-            "HF generate(num_beams=K)": lambda: target.generate(
-                **inputs, max_new_tokens=new_tokens, num_beams=beams, num_return_sequences=beams,
-                return_dict_in_generate=True, output_scores=True),
-            "tree attention": lambda: beam_search_by_TreeAttn(target, inputs, max_new_tokens=new_tokens,
-                                                             beam_size=beams),
-            "speculative (strict)": lambda: beam_search_by_SD(target, draft, inputs, max_new_tokens=new_tokens,
-                                                              gamma=gamma, beam_size=beams,
-                                                              draft_beam_size=max(beams, draft_beams)),
-        }
-        results = compare(runs, repeats)
-    hf_ms, hf_out = results["HF generate(num_beams=K)"]
-    ref = hf_out.sequences[:, prompt_len:]
-    click.echo(f"\n{'method':<26} {'ms':>8} {'speedup':>8}  same top-{beams} as HF")
-    for name, (ms, result) in results.items():
-        seqs = result.sequences if name.startswith("HF") else result["beam_sequences"]
-        same = torch.equal(seqs[:, prompt_len:], ref)
-        click.echo(f"{name:<26} {ms:>8.1f} {hf_ms / ms:>7.2f}x  {'yes' if same else 'NO'}")
-    sd = results["speculative (strict)"][1]
-    click.echo(f"\nspeculative: {sd['n_run']} round(s), {sd['ave_accept_steps']:.2f} accepted levels per round, "
-               f"{sd['target_calls']} target forward call(s)")
+    click.echo(decode_benchmark(**settings))
 
 
-@bench.command("trie", add_help_option=False,
-               context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def bench_trie(ctx: click.Context) -> None:
-    """Per-step cost of the vectorised trie constraint vs HF's prefix_allowed_tokens_fn (options: --help)."""
-    from atspeed.rec.bench_trie import main as run
+@bench.command("trie")
+@_data(required=False, help="dataset folder whose catalogue is used (default: the synthetic catalogue)")
+@click.option("--batches", default="1,4,16", show_default=True, callback=_positive_ints("batch size"),
+              help="requests B per step")
+@click.option("--beams", "-k", default=20, show_default=True, help="beams K per request")
+@click.option("--repeats", default=20, show_default=True)
+@DEVICE
+@click.option("--threads", default=1, show_default=True, help="torch CPU threads")
+def bench_trie(data_dir: Path | None, batches: list[int], beams: int, repeats: int, device: str,
+               threads: int) -> None:
+    """Per-step cost of the vectorised trie constraint vs HF's prefix_allowed_tokens_fn, side by side."""
+    from atspeed.rec.bench_trie import run
 
-    run(ctx.args)
+    click.echo(run(data_dir, batches, beams, repeats, device, threads))
+
+
+@bench.command("engine")
+@click.option("--size", type=click.Choice(MODEL_SIZES), default="cpu", show_default=True,
+              help="built-in model pair (atspeed.models): cpu = 4x256 Llama, 1b = TinyLlama's shape")
+@DEVICE
+@DTYPE
+@click.option("--batches", default="1,16", show_default=True, callback=_positive_ints("batch size"),
+              help="requests B per call")
+@click.option("--beams", "-k", default="1,20,128,256", show_default=True, callback=_positive_ints("K"),
+              help="beam sizes K")
+@click.option("--methods", default=",".join(ENGINE_METHODS), show_default=True, callback=_subset(ENGINE_METHODS))
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--hf-max-rows", default=4096, show_default=True, help="skip HF above B*K beam rows")
+@click.option("--noise", default=0.02, show_default=True, help="the noisy draft's disagreement")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+def bench_engine(size: str, device: str, dtype: str, batches: list[int], beams: list[int], methods: list[str],
+                 repeats: int, hf_max_rows: int, noise: float, threads: int | None) -> None:
+    """The static engine vs HF generate() and the tree path (rec shape: 84-token prompt, 4 new tokens):
+    ms per request, users/s, the roofline measured in the same run, methods whose output differs from HF's."""
+    import torch
+
+    from atspeed.benchmarking import engine_benchmark
+
+    if threads:
+        torch.set_num_threads(threads)
+    engine_benchmark(size, device, dtype, batches, beams, tuple(methods), repeats=repeats, hf_max_rows=hf_max_rows,
+                     noise=noise, print_fn=click.echo)
 
 
 if __name__ == "__main__":

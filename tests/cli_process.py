@@ -1,7 +1,7 @@
 """Run the `atspeed` command in a process of its own, fast, optionally killed at a chosen point.
 
-Each run is a fresh process forked from a multiprocessing fork server that has imported
-`atspeed.cli` once (importing torch and transformers takes ~6 s here; a fork takes ~50 ms). The
+Each run is a fresh process forked from a multiprocessing fork server that has imported the
+libraries the commands load when they run (torch and transformers take ~6 s here; a fork ~50 ms). The
 child calls `atspeed.cli.main`, which is what the installed `atspeed` script calls, with its own
 stdout, stderr, working directory and exit status; an uncaught exception prints its traceback and
 exits 1, as in the real command. `tests/test_cli_errors.py` also runs a few cases through the
@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["atspeed.cli", "cli_process"])
+# `atspeed.cli` itself imports none of them (startup stays fast), so they are named here
+_CONTEXT.set_forkserver_preload(["atspeed.cli", "atspeed.rec.recommend", "atspeed.rec.batch", "atspeed.rec.train",
+                                 "cli_process"])
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from atspeed.cli import main
 from atspeed.rec.data import load_dataset
 
-COMMANDS = [[], ["data"], ["data", "synthetic"], ["data", "prepare"], ["train"], ["teacher"], ["align"],
-            ["evaluate"], ["recommend"], ["demo"], ["bench"], ["bench", "decode"]]
+COMMANDS = [[], ["data"], ["data", "synthetic"], ["data", "prepare"], ["data", "fix-index"], ["train"], ["teacher"],
+            ["align"], ["evaluate"], ["recommend"], ["demo"], ["bench"], ["bench", "decode"], ["bench", "trie"],
+            ["bench", "engine"]]
 
 
 def run(*args: str, ok: bool = True):
@@ -101,6 +102,16 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path):
 def test_bench_decode_runs_and_the_outputs_agree():
     out = run("bench", "decode", "--beams", 4, "--draft-beams", 8, "--prompt-len", 8, "--repeats", 1).output
     assert "NO" not in out and out.count("yes") == 3
+
+
+def test_bench_engine_prints_the_engine_table_at_a_tiny_size():
+    out = run("bench", "engine", "--batches", 1, "--beams", 2, "--methods", "engine tree", "--repeats", 1).output
+    assert "measured peak" in out and "engine" in out and "tree" in out
+
+
+def test_bench_trie_prints_the_vectorised_and_hf_costs(data_dir):
+    out = run("bench", "trie", "--data", data_dir, "--batches", 1, "--beams", 2, "--repeats", 1).output
+    assert "catalogue: synthetic, 128 items" in out and "HF / vectorised" in out
 
 
 def test_align_trains_a_draft_from_teacher_data_it_makes(data_dir, model_dir, tmp_path):

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from atspeed.files import write_together
-from atspeed.rec.data import MAX_HISTORY, find_index_file, load_index, recent
+from atspeed.rec.data import MAX_HISTORY, count_items, recent
 from atspeed.rec.recommend import (
     Recommender,
     check_k,
@@ -225,7 +225,7 @@ def prepare(input: str | os.PathLike, data_dir: str | os.PathLike, k: int, batch
 
 def catalogue_size(data_dir: str | os.PathLike, k: int, *, allow_duplicate_ids: bool = False) -> int:
     """The number of items in `data_dir`'s catalogue, once `k` of them can be returned per user."""
-    num_items = len(load_index(find_index_file(data_dir), allow_duplicate_ids=allow_duplicate_ids))
+    num_items = count_items(data_dir, allow_duplicate_ids=allow_duplicate_ids)
     check_k(k, num_items)
     return num_items
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from atspeed.files import write_texts
 
 SPLITS = ("train", "valid", "test")
+EVAL_SPLITS = ("test", "valid")  # the splits `eval_cases` evaluates on
 MAX_HISTORY = 20  # the paper's code truncates histories to the last 20 items
 
 SemanticID = tuple[str, ...]
@@ -76,7 +77,8 @@ def load_index(path: str | os.PathLike, *, allow_duplicate_ids: bool = False) ->
     """Read `<name>.index.json`; keys must be "0" … "n-1" and every ID must have the same length.
 
     Two items sharing a semantic ID cannot be told apart by generation, so that is an error
-    unless `allow_duplicate_ids` (then decoding maps a shared ID to its lowest item id).
+    unless `allow_duplicate_ids` (then decoding maps a shared ID to its lowest item id, and the
+    other items can never be recommended); `atspeed data fix-index` makes every ID unique.
     """
     path = Path(path)
     try:
@@ -119,10 +121,13 @@ def _check_unique_ids(index: Mapping[int, SemanticID], path: Path | str) -> None
     if dups:
         sid, items = next(iter(dups.items()))
         n_items = sum(len(v) for v in dups.values())
+        folder = Path(path).parent if isinstance(path, Path) else Path("DIR")
         raise ValueError(
             f"{path}: {len(dups)} semantic IDs are shared by {n_items} items, e.g. items {items} all have "
-            f"{''.join(sid)}. Generation cannot tell such items apart; fix the index or load it with "
-            "allow_duplicate_ids=True."
+            f"{''.join(sid)}. Generation cannot tell such items apart: `atspeed data fix-index {folder} --out "
+            "FIXED` writes a copy whose IDs are unique (one more code per ID). Loading it anyway "
+            "(allow_duplicate_ids=True, --allow-duplicate-ids) maps a shared ID to its lowest item id, so the "
+            "other items can never be recommended."
         )
 
 
@@ -149,6 +154,11 @@ def load_split(path: str | os.PathLike, num_items: int) -> Sequences:
                     )
             seqs[user] = tuple(k - 1 for k in items)
     return seqs
+
+
+def count_items(root: str | os.PathLike, *, allow_duplicate_ids: bool = False) -> int:
+    """The number of items in the catalogue of dataset folder `root` (its index, checked)."""
+    return len(load_index(find_index_file(root), allow_duplicate_ids=allow_duplicate_ids))
 
 
 def find_index_file(root: str | os.PathLike) -> Path:
@@ -198,7 +208,7 @@ def eval_cases(ds: RecDataset, split: str = "test", max_history: int = MAX_HISTO
     test: history = train + valid, truth = all test items. valid: history = train, truth = valid.
     Users with no item before the split are left out: `recommend` needs a history to start from.
     """
-    if split not in ("valid", "test"):
+    if split not in EVAL_SPLITS:
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}.")
     before = ("train",) if split == "valid" else ("train", "valid")
     held_out = getattr(ds, split)
@@ -232,7 +242,7 @@ def save_dataset(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     users = ds.users
-    contents = {f"{ds.name}.index.json": _index_json(ds.index)}
+    contents = {f"{ds.name}.index.json": index_json(ds.index)}
     for s in SPLITS:
         contents[f"sequential_{s}.txt"] = _split_text(getattr(ds, s), users, ds.num_items)
     if ds.meta:
@@ -243,7 +253,8 @@ def save_dataset(
     return root
 
 
-def _index_json(index: Mapping[int, SemanticID]) -> str:
+def index_json(index: Mapping[int, SemanticID]) -> str:
+    """The text of `<name>.index.json` for `index`."""
     return json.dumps({str(i): list(index[i]) for i in sorted(index)})
 
 

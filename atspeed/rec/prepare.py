@@ -20,14 +20,17 @@ their types. Timestamps may be numbers (any unit) or ISO 8601 datetimes.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from atspeed.rec.data import RecDataset, save_dataset
+from atspeed.files import write_dir, write_text
+from atspeed.rec.data import RecDataset, find_index_file, index_json, load_index, save_dataset, shared_ids
 from atspeed.rec.semantic_ids import (
+    add_disambiguation_level,
     cooccurrence_embeddings,
     ids_to_tokens,
     residual_kmeans_ids,
@@ -214,6 +217,39 @@ def prepare_dataset(
     readme = README.format(source=source, name=name, length=levels + 1, ratios=ratio_text)
     save_dataset(ds, out_dir, readme=readme)
     return ds
+
+
+def fix_index(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> tuple[Path, int]:
+    """Make every semantic ID of `data_dir`'s index unique, so that every item can be recommended.
+
+    Items that share an ID (LC-Rec indexes have some) get one more code that tells them apart
+    (`semantic_ids.add_disambiguation_level`); every ID grows by one token, so models trained on the
+    old index must be retrained. The fixed dataset goes to the new folder `out_dir` (the other files
+    copied as they are), or replaces the index in place when `out_dir` is None; either is written
+    whole or not at all. Returns the new index file and the number of items that shared an ID.
+    """
+    data_dir = Path(data_dir)
+    index_file = find_index_file(data_dir)
+    index = load_index(index_file, allow_duplicate_ids=True)
+    shared = sum(len(items) for items in shared_ids(index).values())
+    if not shared:
+        raise ValueError(f"{index_file}: every semantic ID is already unique; nothing to fix.")
+    fixed = index_json(add_disambiguation_level(index))
+    if out_dir is None:
+        write_text(index_file, fixed)
+        return index_file, shared
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists: give a new folder for the fixed dataset.")
+
+    def write(tmp: Path) -> None:
+        for path in data_dir.iterdir():
+            if path.is_file() and path != index_file:
+                shutil.copy2(path, tmp / path.name)
+        (tmp / index_file.name).write_text(fixed)
+
+    write_dir(out_dir, write)
+    return out_dir / index_file.name, shared
 
 
 def _check_out_dir(out_dir: Path, name: str) -> None:

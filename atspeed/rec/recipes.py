@@ -9,14 +9,18 @@ tested against it. Sizes are small enough to train on a CPU on the synthetic dat
     tiny     32      1       2      64     for tests
 
 Vocabulary size and special-token ids come from the tokenizer, so a model always matches the
-tokenizer it is trained with.
+tokenizer it is trained with. transformers is imported when a model is made, so the command line
+can list the recipes without loading it.
 """
 
 from __future__ import annotations
 
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from atspeed.rec.data import MAX_HISTORY
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 ID_LENGTH = 4  # tokens per semantic ID
 # BOS + MAX_HISTORY items + the answer + EOS, rounded up with room to spare
@@ -32,6 +36,8 @@ SIZES: dict[str, dict[str, int]] = {
 
 def model_config(kind: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
     """The LlamaConfig of recipe `kind` ("target", "draft" or "tiny") for `tokenizer`'s vocabulary."""
+    from transformers import LlamaConfig
+
     if kind not in SIZES:
         raise ValueError(f"Unknown model kind {kind!r}; choose one of {sorted(SIZES)}.")
     size = SIZES[kind]
@@ -50,4 +56,6 @@ def model_config(kind: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
 
 def new_model(kind: str, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
     """A freshly initialised model of recipe `kind` (seed torch first for reproducible weights)."""
+    from transformers import LlamaForCausalLM
+
     return LlamaForCausalLM(model_config(kind, tokenizer))

@@ -13,7 +13,7 @@ every item's ID is unique, as the `<d_·>` level of the Beauty index does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -138,6 +138,24 @@ def _disambiguate(prefix: np.ndarray, codes_per_level: int) -> np.ndarray:
     rank = np.empty(len(group), dtype=np.int64)
     rank[order] = np.arange(len(group)) - starts[group[order]]
     return rank
+
+
+def add_disambiguation_level(index: Mapping[int, Sequence[str]]) -> dict[int, tuple[str, ...]]:
+    """`index` with one more token per ID that numbers the items sharing an ID 0, 1, 2, ... (item order),
+    as the last level of `residual_kmeans_ids` does: every ID becomes unique, and the earlier tokens stay.
+
+    For indexes made elsewhere (LC-Rec's Beauty has 9 IDs shared by 21 items). An item whose ID was
+    unique gets code 0, so the new level is `<e_0>` for almost every item of a 4-token index.
+    """
+    items = sorted(index)
+    length = len(index[items[0]])
+    if length + 1 > len(LEVEL_PREFIXES):
+        raise ValueError(f"IDs of {length} tokens cannot take one more level (at most {len(LEVEL_PREFIXES)}).")
+    group = {sid: g for g, sid in enumerate(dict.fromkeys(tuple(index[i]) for i in items))}
+    codes = np.array([[group[tuple(index[i])]] for i in items], dtype=np.int64)  # [I, 1] one code per distinct ID
+    rank = _disambiguate(codes, codes_per_level=len(items))  # [I]
+    prefix = LEVEL_PREFIXES[length]
+    return {i: (*index[i], f"<{prefix}_{int(r)}>") for i, r in zip(items, rank, strict=True)}
 
 
 def ids_to_tokens(codes: np.ndarray) -> dict[int, tuple[str, ...]]:

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -40,8 +40,9 @@ from transformers import (
 
 from atspeed.files import write_dir, write_text
 from atspeed.hf.compat import make_tokenizer_portable
-from atspeed.rec.data import MAX_HISTORY, RecDataset, Sample, train_samples
-from atspeed.rec.tokenizer import ItemVocab, encode_history, item_vocab
+from atspeed.rec.data import MAX_HISTORY, RecDataset, Sample, load_dataset, train_samples
+from atspeed.rec.recipes import new_model
+from atspeed.rec.tokenizer import ItemVocab, build_tokenizer, encode_history, item_vocab
 
 IGNORE = -100  # label value the loss skips
 COMPLETE = "COMPLETE"  # in a checkpoint folder: its saving finished
@@ -139,6 +140,31 @@ def train(
     checkpoint = last_checkpoint(out_dir) if resume else None
     trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     return save_final(trainer.model, tokenizer, out_dir)
+
+
+def train_recipe(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    kind: str,
+    *,
+    allow_duplicate_ids: bool = False,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    **settings: object,
+) -> Path:
+    """A fresh, seeded model of recipe `kind` with a tokenizer for `data_dir`'s catalogue, trained by
+    `train` (`settings`: epochs, batch_size, ...; a complete checkpoint in `out_dir` is resumed).
+    What `atspeed train` and the demo run; `log` gets the model's size and the checkpoint resumed."""
+    ds = load_dataset(data_dir, allow_duplicate_ids=allow_duplicate_ids)
+    tokenizer = build_tokenizer(ds.index)
+    torch.manual_seed(seed)
+    model = new_model(kind, tokenizer)
+    log(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {ds.name} "
+        f"({ds.num_items} items)")
+    checkpoint = last_checkpoint(out_dir) if settings.get("resume", True) and Path(out_dir).is_dir() else None
+    if checkpoint is not None:
+        log(f"resuming from {checkpoint}")
+    return train(model, tokenizer, ds, out_dir, seed=seed, **settings)
 
 
 class _MarkComplete(TrainerCallback):
