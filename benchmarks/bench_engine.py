@@ -37,8 +37,17 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine_benchmark(args.size, args.device, args.dtype, args.batches, args.beams, tuple(args.methods),
-                     repeats=args.repeats, hf_max_rows=args.hf_max_rows, noise=args.noise)
+    engine_benchmark(
+        args.size,
+        args.device,
+        args.dtype,
+        args.batches,
+        args.beams,
+        tuple(args.methods),
+        repeats=args.repeats,
+        hf_max_rows=args.hf_max_rows,
+        noise=args.noise,
+    )
 
 
 if __name__ == "__main__":

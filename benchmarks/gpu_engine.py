@@ -25,11 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' tiny-model helpers
 
+from helpers import batch, fresh_copy, make_model  # noqa: E402
+
 from atspeed.beamsd import beam_search_by_SD  # noqa: E402
 from atspeed.benchmarking import ALL_ENGINE_METHODS, engine_benchmark  # noqa: E402
 from atspeed.hf.generate import generate_with_tree_attention  # noqa: E402
 from atspeed.models import draft_target_pair  # noqa: E402
-from helpers import batch, fresh_copy, make_model  # noqa: E402
 
 
 def same(ref, out, K: int) -> bool:
@@ -61,29 +62,59 @@ def check(device: str, dtype: torch.dtype, trials: int) -> None:
         lengths = torch.randint(1, 12, (1 + trial % 4,), generator=g).tolist()
         inputs = {k: v.to(device) for k, v in batch(lengths, seed=trial).items()}
         K = [2, 3, 8, 20, 64, 512][trial % 6]
-        kw = dict(max_new_tokens=4 if trial % 3 else 3, num_beams=K, num_return_sequences=K, pad_token_id=0,
-                  return_dict_in_generate=True, output_scores=True)
+        kw = dict(
+            max_new_tokens=4 if trial % 3 else 3,
+            num_beams=K,
+            num_return_sequences=K,
+            pad_token_id=0,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
         if trial % 3 == 0:
             kw["logits_processor"] = trie_processor(64, inputs["input_ids"].shape[1])
-        ref = generate_with_tree_attention(target, always_beam=True, engine="dynamic", step_scores=False, **kw, **inputs)
+        ref = generate_with_tree_attention(
+            target, always_beam=True, engine="dynamic", step_scores=False, **kw, **inputs
+        )
         differ["hf"] += not same(target.generate(**inputs, **kw), ref, K)
         for engine in ("graph", "static"):
             if engine == "graph" and device == "cpu":
                 continue
-            out = generate_with_tree_attention(target, always_beam=True, engine=engine, step_scores=False, **kw, **inputs)
+            out = generate_with_tree_attention(
+                target, always_beam=True, engine=engine, step_scores=False, **kw, **inputs
+            )
             differ[engine] += not same(ref, out, K)
-        sd = beam_search_by_SD(target, draft, inputs, kw["max_new_tokens"], 3, K, max(K, 10), engine="static",
-                               pad_token_id=0, logits_processor=kw.get("logits_processor"))
+        sd = beam_search_by_SD(
+            target,
+            draft,
+            inputs,
+            kw["max_new_tokens"],
+            3,
+            K,
+            max(K, 10),
+            engine="static",
+            pad_token_id=0,
+            logits_processor=kw.get("logits_processor"),
+        )
         differ["sd"] += not same(ref, sd, K)
-    print(f"check {dtype}: requests (of {trials} random ones) whose lists differ from the dynamic tree path's: {differ}")
+    print(
+        f"check {dtype}: requests (of {trials} random ones) whose lists differ from the dynamic tree path's: {differ}"
+    )
 
 
 def first_call(device: str, dtype: torch.dtype) -> None:
     target, _ = draft_target_pair("1b" if device.startswith("cuda") else "cpu", device=device, dtype=dtype)
     for B, K in ((1, 20), (64, 256)):
         ids = torch.randint(3, target.config.vocab_size, (B, 84), device=device)
-        kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, num_beams=K,
-                  num_return_sequences=K, pad_token_id=0, always_beam=True, return_dict_in_generate=True)
+        kw = dict(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=4,
+            num_beams=K,
+            num_return_sequences=K,
+            pad_token_id=0,
+            always_beam=True,
+            return_dict_in_generate=True,
+        )
         times = []
         for _ in range(3):
             if device.startswith("cuda"):
@@ -93,8 +124,10 @@ def first_call(device: str, dtype: torch.dtype) -> None:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             times.append(1e3 * (time.perf_counter() - start))
-        print(f"B={B} K={K}: first call {times[0]:.0f} ms (capture included), then {times[1]:.1f} / {times[2]:.1f} ms; "
-              f"engine: {out.stats['engine']}")
+        print(
+            f"B={B} K={K}: first call {times[0]:.0f} ms (capture included), then {times[1]:.1f} / {times[2]:.1f} ms; "
+            f"engine: {out.stats['engine']}"
+        )
 
 
 def main() -> None:
@@ -111,8 +144,17 @@ def main() -> None:
     if args.quick:
         engine_benchmark("cpu", args.device, "float32", [1], [5], ("hf", "tree", "engine", "engine+sd"), repeats=1)
         return
-    engine_benchmark("1b", args.device, "bfloat16", [1, 8, 64], [1, 5, 20, 50, 128, 256, 512], ALL_ENGINE_METHODS,
-                     repeats=3, hf_max_rows=8192, time_budget_s=200)
+    engine_benchmark(
+        "1b",
+        args.device,
+        "bfloat16",
+        [1, 8, 64],
+        [1, 5, 20, 50, 128, 256, 512],
+        ALL_ENGINE_METHODS,
+        repeats=3,
+        hf_max_rows=8192,
+        time_budget_s=200,
+    )
 
 
 if __name__ == "__main__":

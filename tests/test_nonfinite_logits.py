@@ -7,10 +7,10 @@ import functools
 
 import pytest
 import torch
+from helpers import batch, fresh_copy, make_model
 
 from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
 from atspeed.decoding.tree_search import NonFiniteLogitsError
-from helpers import batch, fresh_copy, make_model
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,8 +35,9 @@ def test_tree_attention_names_the_step_with_non_finite_logits(engine):
 @pytest.mark.parametrize("engine", ["static", "dynamic"])
 def test_speculative_names_the_round_with_non_finite_target_logits(engine):
     with pytest.raises(NonFiniteLogitsError, match="at round 1 of the decode"):
-        beam_search_by_SD(broken(), healthy(), batch((5, 3)), max_new_tokens=4, gamma=2, beam_size=3,
-                          draft_beam_size=4, engine=engine)
+        beam_search_by_SD(
+            broken(), healthy(), batch((5, 3)), max_new_tokens=4, gamma=2, beam_size=3, draft_beam_size=4, engine=engine
+        )
 
 
 def test_non_finite_logits_error_is_a_value_error():

@@ -132,3 +132,12 @@ def test_more_draft_beams_than_candidates_are_refused():
     target, draft = model_pair()
     with pytest.raises(ValueError, match="130"):
         run_sd(target, draft, prompt(), K=2, N=130, gamma=2, max_new_tokens=4)
+
+
+def test_speculative_generate_without_its_draft_settings_says_what_to_bind():
+    from atspeed.hf.speculative import speculative_generate
+    from helpers import batch, make_model
+
+    target = make_model("llama", seed=0)
+    with pytest.raises(ValueError, match="speculative_generate needs draft_model, draft_beams, schedule"):
+        target.generate(**batch((4,)), max_new_tokens=2, num_beams=2, custom_generate=speculative_generate)

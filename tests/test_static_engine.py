@@ -12,6 +12,17 @@ import functools
 
 import pytest
 import torch
+from helpers import (
+    ARCHS,
+    FIRST_FREE_TOKEN,
+    assert_same_beams,
+    batch,
+    examples,
+    fresh_copy,
+    hf_generate,
+    left_pad,
+    make_model,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -26,17 +37,6 @@ from atspeed.hf.graphs import capture_unsupported, planned_beam_search
 from atspeed.hf.model import TreeLM
 from atspeed.hf.slot_cache import SlotCache
 from atspeed.rec.trie import TrieLogitsProcessor, build_trie
-from helpers import (
-    ARCHS,
-    FIRST_FREE_TOKEN,
-    assert_same_beams,
-    batch,
-    examples,
-    fresh_copy,
-    hf_generate,
-    left_pad,
-    make_model,
-)
 
 DICT = dict(return_dict_in_generate=True, output_scores=True)
 
@@ -199,8 +199,9 @@ def test_decode_unit_never_syncs_with_the_host(arch):
 
 def test_beam_sampling_runs_on_the_dynamic_path_with_the_reason():
     m, inputs = model(), batch((5,))
-    out = generate_with_tree_attention(m, always_beam=True, **inputs, max_new_tokens=3, num_beams=3, do_sample=True,
-                                       **DICT)
+    out = generate_with_tree_attention(
+        m, always_beam=True, **inputs, max_new_tokens=3, num_beams=3, do_sample=True, **DICT
+    )
     assert out.stats["engine"] == "dynamic: beam sampling runs on the dynamic path"
 
 
@@ -228,9 +229,17 @@ def test_unknown_engine_is_an_error():
 def plan_kwargs(m, inputs, K=4, T=3, processors=None):
     n = inputs["input_ids"].shape[1]
     cfg = BeamConfig(num_beams=K, prompt_len=n, max_length=n + T)
-    return dict(model=m, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], cfg=cfg,
-                processors=processors or LogitsProcessorList(), stopping=StoppingCriteriaList([MaxLengthCriteria(n + T)]),
-                num_return_sequences=K, fill_value=-1, capture=False)
+    return dict(
+        model=m,
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        cfg=cfg,
+        processors=processors or LogitsProcessorList(),
+        stopping=StoppingCriteriaList([MaxLengthCriteria(n + T)]),
+        num_return_sequences=K,
+        fill_value=-1,
+        capture=False,
+    )
 
 
 def test_a_plan_gives_what_the_eager_static_engine_gives():
@@ -254,7 +263,9 @@ def test_a_plans_results_do_not_change_when_it_serves_the_next_request():
 def test_another_item_catalogue_gets_another_plan():
     m = fresh_copy(model())
     planned_beam_search(**plan_kwargs(m, batch((6, 4)), processors=trie_processor(64, 6, seed=0)))
-    assert planned_beam_search(**plan_kwargs(m, batch((6, 4)), processors=trie_processor(64, 6, seed=1))).stats["new_plan"]
+    assert planned_beam_search(**plan_kwargs(m, batch((6, 4)), processors=trie_processor(64, 6, seed=1))).stats[
+        "new_plan"
+    ]
 
 
 def test_another_shape_gets_another_plan():

@@ -11,8 +11,10 @@ import functools
 
 import pytest
 import torch
+from helpers import FIRST_FREE_TOKEN, assert_same_beams, examples, fresh_copy, hf_generate, left_pad, make_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_static_engine import ForbidHostSync, trie_processor
 from transformers import LogitsProcessorList
 
 from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
@@ -20,8 +22,6 @@ from atspeed.decoding.beam import BeamConfig
 from atspeed.decoding.static_speculative import Layout, layout, speculative_rounds
 from atspeed.hf.model import TreeLM
 from atspeed.hf.slot_cache import SlotCache
-from helpers import FIRST_FREE_TOKEN, assert_same_beams, batch, examples, fresh_copy, hf_generate, left_pad, make_model
-from test_static_engine import ForbidHostSync, trie_processor
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,8 +46,17 @@ def draft(kind: str):
 
 
 def static_sd(texts, K, kind="noisy", N=None, gamma=3, new=6, **kwargs):
-    return beam_search_by_SD(target(), draft(kind), left_pad(texts), max_new_tokens=new, gamma=gamma, beam_size=K,
-                             draft_beam_size=N or max(K, 5), engine="static", **kwargs)
+    return beam_search_by_SD(
+        target(),
+        draft(kind),
+        left_pad(texts),
+        max_new_tokens=new,
+        gamma=gamma,
+        beam_size=K,
+        draft_beam_size=N or max(K, 5),
+        engine="static",
+        **kwargs,
+    )
 
 
 def assert_each_request_as_alone(texts, out, K, new=6, **kwargs):
@@ -57,7 +66,7 @@ def assert_each_request_as_alone(texts, out, K, new=6, **kwargs):
         alone = beam_search_by_TreeAttn(target(), left_pad([text]), max_new_tokens=new, beam_size=K, **kwargs)
         rows = slice(b * K, (b + 1) * K)
         generated = out["beam_sequences"][rows, n:]
-        expected = alone["beam_sequences"][:, len(text):]
+        expected = alone["beam_sequences"][:, len(text) :]
         assert torch.equal(generated[:, : expected.shape[1]], expected), f"request {b}"
         assert torch.equal(out["beam_scores"][rows], alone["beam_scores"]), f"request {b}"
 
@@ -73,8 +82,15 @@ def test_every_request_gets_its_own_beam_search_whatever_the_draft(kind):
 def test_batch_equals_hf_generate():
     texts = [[5, 9, 13, 7], [22, 23, 24], [40, 41]]
     out = static_sd(texts, K=5)
-    ref = hf_generate(target(), **left_pad(texts), max_new_tokens=6, num_beams=5, num_return_sequences=5,
-                      return_dict_in_generate=True, output_scores=True)
+    ref = hf_generate(
+        target(),
+        **left_pad(texts),
+        max_new_tokens=6,
+        num_beams=5,
+        num_return_sequences=5,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
     assert_same_beams(ref, out, 5)
 
 
@@ -82,8 +98,10 @@ def test_batch_equals_hf_generate():
 @given(data=st.data())
 def test_static_speculative_equals_each_request_alone_on_random_requests(data):
     """Random batch, prompt lengths, K, N, gamma, new tokens, draft, EOS and the item trie."""
-    texts = data.draw(st.lists(st.lists(st.integers(FIRST_FREE_TOKEN, 63), min_size=1, max_size=7),
-                               min_size=1, max_size=4), label="prompts")
+    texts = data.draw(
+        st.lists(st.lists(st.integers(FIRST_FREE_TOKEN, 63), min_size=1, max_size=7), min_size=1, max_size=4),
+        label="prompts",
+    )
     K = data.draw(st.sampled_from([1, 2, 3, 5, 8]), label="K")
     N = data.draw(st.sampled_from([K, K + 3, 2 * K + 4]), label="N")
     gamma = data.draw(st.integers(1, 4), label="gamma")
@@ -116,8 +134,16 @@ def test_requests_accept_different_numbers_of_levels_in_one_round():
 def test_independent_rows_need_no_more_rounds_than_lockstep():
     texts = [[4, 5, 6], [30, 31], [50], [9, 9, 9, 9], [17, 3], [60, 61, 62]]
     static = static_sd(texts, K=1, new=8)
-    lockstep = beam_search_by_SD(target(), draft("noisy"), left_pad(texts), max_new_tokens=8, gamma=3, beam_size=1,
-                                 draft_beam_size=5, engine="dynamic")
+    lockstep = beam_search_by_SD(
+        target(),
+        draft("noisy"),
+        left_pad(texts),
+        max_new_tokens=8,
+        gamma=3,
+        beam_size=1,
+        draft_beam_size=5,
+        engine="dynamic",
+    )
     assert static["n_run"] <= lockstep["n_run"]
     assert torch.equal(static["beam_sequences"], lockstep["beam_sequences"])
 
@@ -147,8 +173,9 @@ def test_layout_drafts_no_deeper_than_a_round_can_accept():
 
 
 def test_cpu_default_is_the_lockstep_path_with_its_reason():
-    out = beam_search_by_SD(target(), draft("noisy"), left_pad([[5, 6]]), max_new_tokens=3, gamma=2, beam_size=2,
-                            draft_beam_size=4)
+    out = beam_search_by_SD(
+        target(), draft("noisy"), left_pad([[5, 6]]), max_new_tokens=3, gamma=2, beam_size=2, draft_beam_size=4
+    )
     assert out["engine"].startswith("dynamic: on CPU")
 
 
@@ -173,6 +200,7 @@ def test_the_rounds_never_sync_with_the_host():
     slots = layout(cfg, N, gamma).num_slots
     t, d = TreeLM(target(), SlotCache(slots)), TreeLM(draft("noisy"), SlotCache(slots))
     with torch.inference_mode(), ForbidHostSync():
-        state, counters = speculative_rounds(t, d, inputs["input_ids"], inputs["attention_mask"], cfg, N, gamma,
-                                             trie_processor(64, n)[0].per_row)
+        state, counters = speculative_rounds(
+            t, d, inputs["input_ids"], inputs["attention_mask"], cfg, N, gamma, trie_processor(64, n)[0].per_row
+        )
     assert len(counters.per_round) == T

@@ -126,8 +126,9 @@ def row_stop_hits(cand_seqs: torch.Tensor, cur: torch.Tensor, cfg: BeamConfig) -
 def top_continuations(
     acc_log_probs: torch.Tensor, k: int, do_sample: bool, sort_sampled: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(HF: _get_top_k_continuations) The k best of the `[B, K*V]` joint scores, best first; or k sampled without replacement,
-    best first if `sort_sampled`, else in the order drawn (which decides who may finish)."""
+    """(HF: _get_top_k_continuations) The k best of the `[B, K*V]` joint scores, best first; or k
+    sampled without replacement, best first if `sort_sampled`, else in the order drawn (which
+    decides who may finish)."""
     if do_sample:
         idx = torch.multinomial(torch.softmax(acc_log_probs, dim=-1), num_samples=k)
         scores = acc_log_probs.gather(1, idx)

@@ -57,7 +57,7 @@ def _sample_without(
     and, where p too is used up (e.g. a constraint leaves fewer continuations than k), a still smaller
     uniform share of every other candidate: like beam search, such rows then keep -inf beams."""
     w = weights.masked_fill(exclude, 0.0)
-    short = ((w > 0).sum(-1, keepdim=True) < k)
+    short = (w > 0).sum(-1, keepdim=True) < k
     floor = torch.full_like(w, 1e-30).masked_fill(exclude, 0.0)
     w = torch.where(short, w + 1e-9 * fallback.masked_fill(exclude, 0.0) + floor, w)
     return torch.multinomial(w, k, replacement=False, generator=generator)

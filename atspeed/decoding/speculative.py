@@ -33,15 +33,8 @@ from atspeed.decoding.beam import (
     is_done,
 )
 from atspeed.decoding.relaxed import VARIANTS, DraftLevel, accept_any, recursive, sample_level, sample_target
-from atspeed.decoding.tree import (
-    additive_mask,
-    chain_parents,
-    compaction_plan,
-    node_visibility,
-    prompt_inputs,
-    select_slots,
-)
-from atspeed.decoding.tree_search import BeamSearchResult, FiniteWatch, LogitsProcessorFn, TreeForward
+from atspeed.decoding.tree import additive_mask, chain_parents, node_visibility, prompt_inputs
+from atspeed.decoding.tree_search import BeamSearchResult, FiniteWatch, LogitsProcessorFn, TreeForward, compact
 
 Hook = Callable[[str], object]  # returns a context manager timing the named phase
 
@@ -228,6 +221,24 @@ def _pad_rows(rows: torch.Tensor, num_slots: int) -> torch.Tensor:
     return rows if extra == 0 else torch.cat((rows, rows.new_zeros(*rows.shape[:-1], extra)), dim=-1)
 
 
+@dataclass
+class _Prompt:
+    input_ids: torch.Tensor  # [B, n] left-padded
+    attention_mask: torch.Tensor  # [B, n]
+    lengths: torch.Tensor  # [B] real tokens
+    rows: torch.Tensor  # [B, K, n] the K beams' view of the prompt
+
+
+@dataclass
+class _TargetOut:
+    """The target's logits and visibility rows at the beams (level 0) and at the drafted nodes."""
+
+    level0_logits: torch.Tensor  # [B, K, V]
+    level0_rows: torch.Tensor  # [B, K, S]
+    node_logits: torch.Tensor | None  # [B, gamma * N, V]
+    node_rows: torch.Tensor | None  # [B, gamma * N, S]
+
+
 def speculative_beam_search(
     target: TreeForward,
     draft: TreeForward,
@@ -246,7 +257,8 @@ def speculative_beam_search(
     compact_every: int = 4,
     relaxed: str | None = None,
 ) -> BeamSearchResult:
-    """Speculative beam search. input_ids / attention_mask: [B, n], left-padded.
+    """Speculative beam search. input_ids / attention_mask: [B, n], left-padded. Each round: draft,
+    target forward, verify, advance (the phases below).
 
     relaxed=None: strict top-K verification (lossless). relaxed="accept_any" | "recursive": beam
     sampling with relaxed verification (see atspeed.decoding.relaxed)."""
@@ -254,54 +266,29 @@ def speculative_beam_search(
         raise ValueError(f"relaxed verification must be one of {VARIANTS}, got {relaxed!r}.")
     choose = {"accept_any": accept_any, "recursive": recursive}.get(relaxed)
     B, n = input_ids.shape
-    K, N = cfg.num_beams, num_draft_beams
-    prompt_lengths = attention_mask.sum(-1)
+    K = cfg.num_beams
+    prompt = _Prompt(
+        input_ids, attention_mask, attention_mask.sum(-1), attention_mask.bool()[:, None, :].expand(B, K, n)
+    )
     state = init_beams(input_ids, cfg, fill_value)
-    prompt_rows = attention_mask.bool()[:, None, :].expand(B, K, n)
-    no_tokens = input_ids.new_zeros(B, K, 0)
     t_view: _ModelView | None = None  # None: the target has not read the prompt yet
     d_view: _ModelView | None = None  # None: the draft has not read the prompt yet
     counters = SpecCounters()
     finite = FiniteWatch("round")
     while True:
         gamma = schedule.next_gamma(cfg.max_length - state.cur_len)
-        generated = state.cur_len - n
         tree = None
         if gamma > 0:
             with hook("draft"):
-                root_logits = None
-                if d_view is None:  # lazy: a draft that is never used is never run
-                    prefill_logits = draft.prefill(input_ids, attention_mask)  # [B, V]
-                    d_view = _ModelView(prompt_rows, state.running_sequences[:, :, n : state.cur_len])
-                    if not generated:  # nothing pending: the prefill already scores the beams
-                        root_logits = prefill_logits[:, None].expand(B, K, -1)
-                depth0 = generated - d_view.pending.shape[-1]
-                tree = draft_tree(
-                    draft, d_view, root_logits, state, gamma, N, target_processor, draft_processor,
-                    prompt_lengths, depth0, sampling=relaxed,
+                d_view, tree = _draft_phase(
+                    draft, d_view, prompt, state, gamma, num_draft_beams, target_processor, draft_processor, relaxed
                 )
         with hook("target"):
-            levels = tree.tokens if tree else []
-            parents = tree.parents if tree else []
-            if t_view is None:
-                if levels:
-                    logits, rows = _feed(
-                        target, _ModelView(prompt_rows, no_tokens), levels, parents, 0, prompt_lengths,
-                        prompt=(input_ids, attention_mask),
-                    )
-                    level0_logits, node_logits = logits[:, :1].expand(B, K, -1), logits[:, 1:]
-                    level0_rows, node_rows = _pad_rows(prompt_rows, n + rows.shape[1]), rows
-                else:
-                    level0_logits = target.prefill(input_ids, attention_mask)[:, None].expand(B, K, -1)
-                    level0_rows, node_rows, node_logits = prompt_rows, None, None
-            else:
-                logits, rows = _feed(target, t_view, levels, parents, generated - 1, prompt_lengths)
-                level0_logits, node_logits = logits[:, :K], logits[:, K:]
-                level0_rows, node_rows = rows[:, :K], rows[:, K:]
-        finite.update(level0_logits, *(() if node_logits is None else (node_logits,)))
+            out = _target_phase(target, t_view, prompt, tree, state.cur_len - n)
+        finite.update(out.level0_logits, *(() if out.node_logits is None else (out.node_logits,)))
         with hook("verify"):
             state, accepted, parent_idx, done = verify(
-                state, cfg, gamma, tree, level0_logits, node_logits, target_processor, stopping, choose
+                state, cfg, gamma, tree, out.level0_logits, out.node_logits, target_processor, stopping, choose
             )
         counters.rounds += 1
         counters.drafted_levels += gamma
@@ -310,18 +297,11 @@ def speculative_beam_search(
         schedule.update(gamma, accepted)
         if done:
             break
-        bonus = state.running_sequences[:, :, state.cur_len - 1 : state.cur_len]  # [B, K, 1]
-        # the target has read everything but the bonus tokens
-        t_level_rows = level0_rows if accepted == 0 else node_rows[:, (accepted - 1) * N : accepted * N]
-        t_rows = gather_beams(_pad_rows(t_level_rows, level0_rows.shape[-1]), parent_idx)
-        t_view = _ModelView(t_rows, bonus)
-        d_view = _draft_view_after(d_view, tree, accepted, parent_idx, bonus)
+        t_view, d_view = _advance(state, out, tree, d_view, accepted, parent_idx, num_draft_beams)
         if compact_every and counters.rounds % compact_every == 0:
-            for lm, view in ((target, t_view), (draft, d_view)):
-                keep = compaction_plan([view.rows]) if view is not None else None
-                if keep is not None:
-                    lm.keep_slots(keep)
-                    view.rows = select_slots(view.rows, keep)
+            t_view.rows = compact(target, t_view.rows)
+            if d_view is not None:
+                d_view.rows = compact(draft, d_view.rows)
     finite.check()
     sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
     return BeamSearchResult(
@@ -336,6 +316,90 @@ def speculative_beam_search(
             "per_round_accepted": counters.per_round_accepted,
         },
     )
+
+
+def _draft_phase(
+    draft: TreeForward,
+    d_view: _ModelView | None,
+    prompt: _Prompt,
+    state: BeamState,
+    gamma: int,
+    num_draft_beams: int,
+    target_processor: LogitsProcessorFn,
+    draft_processor: LogitsProcessorFn,
+    relaxed: str | None,
+) -> tuple[_ModelView, DraftTree]:
+    """gamma levels drafted from the running beams. The draft reads the prompt lazily (a draft that
+    is never used is never run), then whatever it has not read yet."""
+    B, n = prompt.input_ids.shape
+    K = state.running_scores.shape[1]
+    generated = state.cur_len - n
+    root_logits = None
+    if d_view is None:
+        prefill_logits = draft.prefill(prompt.input_ids, prompt.attention_mask)  # [B, V]
+        d_view = _ModelView(prompt.rows, state.running_sequences[:, :, n : state.cur_len])
+        if not generated:  # nothing pending: the prefill already scores the beams
+            root_logits = prefill_logits[:, None].expand(B, K, -1)
+    depth0 = generated - d_view.pending.shape[-1]
+    tree = draft_tree(
+        draft,
+        d_view,
+        root_logits,
+        state,
+        gamma,
+        num_draft_beams,
+        target_processor,
+        draft_processor,
+        prompt.lengths,
+        depth0,
+        sampling=relaxed,
+    )
+    return d_view, tree
+
+
+def _target_phase(
+    target: TreeForward, t_view: _ModelView | None, prompt: _Prompt, tree: DraftTree | None, generated: int
+) -> _TargetOut:
+    """ONE target forward over the beams' pending (bonus) tokens and the whole draft tree; in the
+    first round over the prompt and the tree."""
+    B, n = prompt.input_ids.shape
+    K = prompt.rows.shape[1]
+    levels, parents = (tree.tokens, tree.parents) if tree else ([], [])
+    if t_view is not None:
+        logits, rows = _feed(target, t_view, levels, parents, generated - 1, prompt.lengths)
+        return _TargetOut(logits[:, :K], rows[:, :K], logits[:, K:], rows[:, K:])
+    if not levels:
+        logits = target.prefill(prompt.input_ids, prompt.attention_mask)[:, None].expand(B, K, -1)
+        return _TargetOut(logits, prompt.rows, None, None)
+    no_tokens = prompt.input_ids.new_zeros(B, K, 0)
+    logits, rows = _feed(
+        target,
+        _ModelView(prompt.rows, no_tokens),
+        levels,
+        parents,
+        0,
+        prompt.lengths,
+        prompt=(prompt.input_ids, prompt.attention_mask),
+    )
+    return _TargetOut(logits[:, :1].expand(B, K, -1), _pad_rows(prompt.rows, n + rows.shape[1]), logits[:, 1:], rows)
+
+
+def _advance(
+    state: BeamState,
+    out: _TargetOut,
+    tree: DraftTree | None,
+    d_view: _ModelView | None,
+    accepted: int,
+    parent_idx: torch.Tensor,
+    num_draft_beams: int,
+) -> tuple[_ModelView, _ModelView | None]:
+    """Both models' views of the new beams: the target has read everything but the bonus tokens;
+    the draft lags (see _draft_view_after)."""
+    N = num_draft_beams
+    bonus = state.running_sequences[:, :, state.cur_len - 1 : state.cur_len]  # [B, K, 1]
+    level_rows = out.level0_rows if accepted == 0 else out.node_rows[:, (accepted - 1) * N : accepted * N]
+    t_rows = gather_beams(_pad_rows(level_rows, out.level0_rows.shape[-1]), parent_idx)
+    return _ModelView(t_rows, bonus), _draft_view_after(d_view, tree, accepted, parent_idx, bonus)
 
 
 def verify(

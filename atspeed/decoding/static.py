@@ -96,8 +96,15 @@ def static_beam_search(
     """HF beam search on fixed slots. input_ids / attention_mask: [B, P], one row per request
     (left-padded); `lm` writes into a cache of num_slots(P, K, T) slots."""
     state, record = decode(
-        lm, input_ids, attention_mask, cfg, logits_processor, stopping,
-        record=StepRecord(output_scores, output_logits), stop_early=stop_early, fill_value=fill_value,
+        lm,
+        input_ids,
+        attention_mask,
+        cfg,
+        logits_processor,
+        stopping,
+        record=StepRecord(output_scores, output_logits),
+        stop_early=stop_early,
+        fill_value=fill_value,
     )
     record.finite.check()  # one host read, after the decode
     sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)

@@ -141,7 +141,9 @@ def draft_levels(
     seqs = torch.cat((state.running_sequences, state.running_sequences.new_zeros(B, K, gamma)), dim=-1)
     width = seqs.shape[-1]
     lengths = state.cur_len  # [B] tokens so far (prompt slots included): the beams'
-    log_probs = processor(seqs.view(B * K, width), lengths.repeat_interleave(K), root_logits.log_softmax(-1).view(B * K, V))
+    log_probs = processor(
+        seqs.view(B * K, width), lengths.repeat_interleave(K), root_logits.log_softmax(-1).view(B * K, V)
+    )
     scores = (state.running_scores[:, :, None] + log_probs.view(B, K, V)).reshape(B, K * V)
     levels = DraftLevels([], [], [root_rows])
     positions = (prompt_lengths + lengths - layout.prompt_slots)[:, None].expand(B, N)  # level 1's
@@ -156,7 +158,9 @@ def draft_levels(
         levels.last_positions = positions + j - 1
         if j == gamma:
             break
-        logits = draft.write(token, levels.last_positions, additive_mask(rows[:, :, : start + N], draft.dtype), start=start)
+        logits = draft.write(
+            token, levels.last_positions, additive_mask(rows[:, :, : start + N], draft.dtype), start=start
+        )
         seqs = gather_beams(seqs, parent)
         put_at(seqs, lengths + j - 1, token)
         node_lengths = (lengths + j).repeat_interleave(N)
@@ -189,7 +193,10 @@ def target_forward(
     if r == 1:
         visible, prompt_positions = prompt_inputs(attention_mask)  # [B, P, P]
         tokens.insert(0, input_ids)
-        rows.insert(0, torch.cat((visible, visible.new_zeros(B, layout.prompt_slots, layout.num_slots - layout.prompt_slots)), -1))
+        rows.insert(
+            0,
+            torch.cat((visible, visible.new_zeros(B, layout.prompt_slots, layout.num_slots - layout.prompt_slots)), -1),
+        )
         positions.insert(0, prompt_positions)
         start = 0
     else:
@@ -227,7 +234,9 @@ def verify_rows(
     L = state.running_sequences.shape[-1]
     for j in range(1, gamma + 2):
         lengths = state.cur_len.repeat_interleave(K)
-        log_probs = processor(state.running_sequences.view(B * K, L), lengths, cur_logits.log_softmax(-1).view(B * K, V))
+        log_probs = processor(
+            state.running_sequences.view(B * K, L), lengths, cur_logits.log_softmax(-1).view(B * K, V)
+        )
         stepped, beam_parents = beam_step(state, log_probs.view(B, K, V), cfg, None)
         state = select_rows(active, stepped, state)
         parent_idx = torch.where(active[:, None], cur_idx.gather(1, beam_parents), parent_idx)
@@ -293,8 +302,19 @@ def static_speculative_beam_search(
 ) -> BeamSearchResult:
     """Strict speculative beam search, each request on its own. input_ids / attention_mask: [B, P]
     (left-padded); both models write into caches of layout(...).num_slots slots."""
-    state, counters = speculative_rounds(target, draft, input_ids, attention_mask, cfg, num_draft_beams, gamma,
-                                         processor, fill_value=fill_value, stop_early=True, hook=hook)
+    state, counters = speculative_rounds(
+        target,
+        draft,
+        input_ids,
+        attention_mask,
+        cfg,
+        num_draft_beams,
+        gamma,
+        processor,
+        fill_value=fill_value,
+        stop_early=True,
+        hook=hook,
+    )
     counters.finite.check()
     state.cur_len = int(state.cur_len.max())  # finalize crops to the longest hypothesis, as HF does
     sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)

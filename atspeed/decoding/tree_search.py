@@ -114,6 +114,16 @@ def search_step(
     return beam_step(state, log_probs.view(B, K, V), cfg, stopping, record.scores)
 
 
+def compact(lm: TreeForward, rows: torch.Tensor) -> torch.Tensor:
+    """Drop the cache slots that no row of `rows` [B, R, S] can see (in `lm`'s cache, in place) and
+    return the rows over the kept slots."""
+    keep = compaction_plan([rows])
+    if keep is None:
+        return rows
+    lm.keep_slots(keep)
+    return select_slots(rows, keep)
+
+
 def tree_beam_search(
     lm: TreeForward,
     input_ids: torch.Tensor,
@@ -154,10 +164,7 @@ def tree_beam_search(
             logits = lm.forward(pending[:, :, 0], positions, mask)  # [B, K, V]
         peak_bytes = max(peak_bytes, lm.cache_bytes)
         if compact_every and K > 1 and (depth + 1) % compact_every == 0:  # one beam leaves no dead slots
-            keep = compaction_plan([rows])
-            if keep is not None:
-                lm.keep_slots(keep)
-                rows = select_slots(rows, keep)
+            rows = compact(lm, rows)
     record.finite.check()
     sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
     return BeamSearchResult(

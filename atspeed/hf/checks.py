@@ -28,8 +28,10 @@ def check_generation_request(
         )
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}.")
-    if input_ids.shape[1] == 0 or input_ids.shape[0] == 0 or (
-        prompt_lengths is not None and bool((prompt_lengths == 0).any())
+    if (
+        input_ids.shape[1] == 0
+        or input_ids.shape[0] == 0
+        or (prompt_lengths is not None and bool((prompt_lengths == 0).any()))
     ):
         raise ValueError("The prompt is empty: give at least one input token per request.")
     check_token_ids(model, input_ids)

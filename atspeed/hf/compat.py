@@ -7,6 +7,11 @@
 - Beam sampling ranks the sampled candidates by score from 5.24 on; before, they keep draw order.
 - 5.x saves a fast tokenizer as `tokenizer_class: "TokenizersBackend"`, a name 4.57 cannot load;
   "PreTrainedTokenizerFast" loads as the same tokenizer on both, so saved folders use that.
+- HF's private generation helpers atspeed relies on (the EOS / pad tensors generate() prepares,
+  its greedy/sampling loop, its logits-processor builder) are reached only through the functions
+  below: they are the lines a transformers release breaks first.
+- The static engine's SlotLayer (atspeed.hf.slot_cache) takes update()'s arguments as *args /
+  **kwargs: 4.57 passes cache_kwargs, 5.x keyword arguments.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
 from packaging.version import Version
+from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
@@ -69,3 +76,39 @@ def make_tokenizer_portable(folder: str | os.PathLike) -> None:
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+# -- HF private generation API, in one place ----------------------------------------------------------
+
+
+def eos_token_tensor(gc: GenerationConfig) -> torch.Tensor | None:
+    """The EOS ids generate() prepared (a 1-D tensor), or None."""
+    return gc._eos_token_tensor
+
+
+def pad_token_tensor(gc: GenerationConfig) -> torch.Tensor | None:
+    return gc._pad_token_tensor
+
+
+def hf_sample(model: torch.nn.Module, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+    """HF's own greedy / sampling loop (what generate() runs for num_beams == 1)."""
+    return model._sample(input_ids, **kwargs)
+
+
+def build_logits_processor(
+    model: torch.nn.Module,
+    gc: GenerationConfig,
+    prompt: torch.Tensor,
+    prefix_allowed_tokens_fn: Any,
+    user_processors: Any,
+) -> Any:
+    """The processor list generate() would build for `gc` (e.g. for the draft's N beams)."""
+    return model._get_logits_processor(
+        generation_config=gc,
+        input_ids_seq_length=prompt.shape[1],
+        encoder_input_ids=prompt,
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+        logits_processor=user_processors,
+        device=prompt.device,
+        model_kwargs={},
+    )

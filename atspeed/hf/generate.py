@@ -58,7 +58,7 @@ def prepare_request(
     mask = torch.ones_like(prompt) if mask is None else mask[::expand]
     n = prompt.shape[1]
     check_generation_request(model, prompt, K, R, gc.max_length - n, mask.sum(-1))
-    eos = gc._eos_token_tensor
+    eos = compat.eos_token_tensor(gc)
     cfg = BeamConfig(
         num_beams=K,
         prompt_len=n,
@@ -70,7 +70,7 @@ def prepare_request(
         eos_token_ids=tuple(eos.tolist()) if eos is not None else (),
         sort_sampled=compat.SORTS_SAMPLED_BEAMS,
     )
-    fill = gc._pad_token_tensor or eos[0] if eos is not None else -1  # HF's own (precedence included)
+    fill = compat.pad_token_tensor(gc) or eos[0] if eos is not None else -1  # HF's own (precedence included)
     return Request(prompt, mask, cfg, R, int(fill))
 
 
@@ -91,7 +91,8 @@ def tree_attention_generate(
     the decode (see atspeed.hf.engine); the default picks the static engine wherever it applies."""
     gc = generation_config
     if gc.num_beams == 1 and not always_beam:
-        return model._sample(
+        return compat.hf_sample(
+            model,
             input_ids,
             logits_processor=logits_processor,
             stopping_criteria=stopping_criteria,
@@ -162,8 +163,10 @@ def run_beam_search(
     if reason is None:
         lm = TreeLM(model, SlotCache(num_slots(req.cfg.prompt_len, req.cfg.num_beams, new_tokens(req.cfg))))
         result = static_beam_search(lm, *args, **common, **record)
-        result.stats.update(engine="static" + (f" (no graph: {no_graph})" if model_device(model).type == "cuda" else ""),
-                            peak_cache_bytes=lm.cache_bytes)
+        result.stats.update(
+            engine="static" + (f" (no graph: {no_graph})" if model_device(model).type == "cuda" else ""),
+            peak_cache_bytes=lm.cache_bytes,
+        )
     else:
         lm = TreeLM(model)
         result = tree_beam_search(lm, *args, **common, **record)
@@ -248,6 +251,7 @@ def generate_with_tree_attention(
         raise ValueError("custom_generate is already set by atspeed; call the original generate() to use another.")
     method = tree_attention_generate
     if always_beam or engine != "auto" or not step_scores:
-        method = functools.partial(tree_attention_generate, always_beam=always_beam, engine=engine,
-                                   step_scores=step_scores)
+        method = functools.partial(
+            tree_attention_generate, always_beam=always_beam, engine=engine, step_scores=step_scores
+        )
     return type(model).generate(model, custom_generate=method, **kwargs)

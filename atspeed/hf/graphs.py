@@ -51,7 +51,9 @@ def stopping_key(stopping: Sequence) -> tuple | None:
         if name not in _CAPTURED_STOPPING:
             return None
         eos = getattr(c, "eos_token_id", None)
-        keys.append((name, getattr(c, "max_length", None), None if eos is None else tuple(torch.as_tensor(eos).tolist())))
+        keys.append(
+            (name, getattr(c, "max_length", None), None if eos is None else tuple(torch.as_tensor(eos).tolist()))
+        )
     return tuple(keys)
 
 
@@ -85,8 +87,16 @@ class DecodePlan:
         self.input_ids = torch.zeros(batch, P, dtype=torch.int64, device=device)
         self.attention_mask = torch.ones(batch, P, dtype=torch.int64, device=device)
         self.lm = TreeLM(model, SlotCache(num_slots(P, cfg.num_beams, T)))
-        self._run = lambda: decode(self.lm, self.input_ids, self.attention_mask, cfg, processors, stopping,
-                                   record=StepRecord(False, False), fill_value=fill_value)
+        self._run = lambda: decode(
+            self.lm,
+            self.input_ids,
+            self.attention_mask,
+            cfg,
+            processors,
+            stopping,
+            record=StepRecord(False, False),
+            fill_value=fill_value,
+        )
         self.graph = None
         if capture:
             stream = torch.cuda.Stream(device)
@@ -153,6 +163,11 @@ def planned_beam_search(
         sequences=sequences.clone(),  # the plan's buffers are overwritten by the next request
         sequences_scores=scores.clone(),
         beam_indices=beam_indices.clone(),
-        stats={"steps": T, "new_plan": new, "target_calls": T, "target_tokens": int(attention_mask.numel())
-               + (T - 1) * cfg.num_beams * input_ids.shape[0], "peak_cache_bytes": plan.lm.cache_bytes},
+        stats={
+            "steps": T,
+            "new_plan": new,
+            "target_calls": T,
+            "target_tokens": int(attention_mask.numel()) + (T - 1) * cfg.num_beams * input_ids.shape[0],
+            "peak_cache_bytes": plan.lm.cache_bytes,
+        },
     )

@@ -13,10 +13,11 @@ from transformers import GenerationConfig, LogitsProcessorList
 from atspeed.decoding.relaxed import VARIANTS
 from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook, speculative_beam_search
 from atspeed.decoding.static_speculative import layout, static_speculative_beam_search
+from atspeed.hf import compat
 from atspeed.hf.engine import CPU_SPECULATIVE_REASON, ENGINES, row_processor, static_speculative_unsupported
 from atspeed.hf.generate import TreeBeamOutput, prepare_request
-from atspeed.hf.slot_cache import SlotCache
 from atspeed.hf.model import TreeLM, UnsupportedModelError, check_tree_support, max_positions, model_device
+from atspeed.hf.slot_cache import SlotCache
 
 
 def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_beams: int, draft_beams: int, gamma: int) -> None:
@@ -67,6 +68,16 @@ def speculative_generate(
     verification runs on the static engine wherever it applies (see atspeed.hf.engine); the reason
     it did not is in stats["engine"]."""
     gc = generation_config
+    missing = [
+        name
+        for name, value in (("draft_model", draft_model), ("draft_beams", draft_beams), ("schedule", schedule))
+        if value is None
+    ]
+    if missing:
+        raise ValueError(
+            f"speculative_generate needs {', '.join(missing)}: bind them with functools.partial(speculative_generate, "
+            "draft_model=..., draft_beams=N, schedule=DraftSchedule(gamma)), or call atspeed.beamsd.beam_search_by_SD."
+        )
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
     if engine == "graph":
@@ -85,22 +96,19 @@ def speculative_generate(
 
     draft_gc = copy.deepcopy(gc)
     draft_gc.num_beams = draft_beams
-    draft_processor = model._get_logits_processor(
-        generation_config=draft_gc,
-        input_ids_seq_length=n,
-        encoder_input_ids=req.prompt,
-        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
-        logits_processor=copy.copy(user_processors) if user_processors is not None else LogitsProcessorList(),
-        device=req.prompt.device,
-        model_kwargs={},
-    )
-    reason = "engine='dynamic' was asked for" if engine == "dynamic" else static_speculative_unsupported(
-        req.cfg, schedule.adaptive, logits_processor, stopping_criteria
+    user = copy.copy(user_processors) if user_processors is not None else LogitsProcessorList()
+    draft_processor = compat.build_logits_processor(model, draft_gc, req.prompt, prefix_allowed_tokens_fn, user)
+    reason = (
+        "engine='dynamic' was asked for"
+        if engine == "dynamic"
+        else static_speculative_unsupported(req.cfg, schedule.adaptive, logits_processor, stopping_criteria)
     )
     if engine == "auto" and reason is None and model_device(model).type == "cpu":
         reason = CPU_SPECULATIVE_REASON
     longest = int(req.attention_mask.sum(-1).max()) + req.cfg.max_length - n + schedule.gamma
-    if reason is None and any(limit is not None and longest > limit for limit in map(max_positions, (model, draft_model))):
+    if reason is None and any(
+        limit is not None and longest > limit for limit in map(max_positions, (model, draft_model))
+    ):
         reason = "drafted nodes past max_new_tokens would exceed the models' maximum positions"
     if engine == "static" and reason is not None:
         raise NotImplementedError(f"the static engine cannot run this request: {reason}.")
