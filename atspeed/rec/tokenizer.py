@@ -117,10 +117,14 @@ def encode_history(vocab: ItemVocab, items: Sequence[int]) -> list[int]:
     return [vocab.bos_token_id, *body]
 
 
-def encode_prompts(vocab: ItemVocab, histories: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded batch for generate(): input_ids and attention_mask, both [B, n]."""
+def encode_prompts(
+    vocab: ItemVocab, histories: Sequence[Sequence[int]], bucket: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded batch for generate(): input_ids and attention_mask, both [B, n]. `bucket` > 1
+    pads n up to a multiple of it, so that a few prompt shapes serve all traffic (the static
+    engine captures one CUDA graph per shape)."""
     rows = [encode_history(vocab, h) for h in histories]
-    n = max(len(r) for r in rows)
+    n = -(-max(len(r) for r in rows) // bucket) * bucket
     input_ids = torch.full((len(rows), n), vocab.pad_token_id, dtype=torch.int64)
     attention_mask = torch.zeros((len(rows), n), dtype=torch.int64)
     for b, r in enumerate(rows):

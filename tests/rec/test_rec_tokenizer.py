@@ -69,6 +69,13 @@ def test_prompts_are_left_padded(vocab):
     assert mask.tolist() == [[1] * 9, [0] * 4 + [1] * 5]
 
 
+def test_prompts_pad_up_to_a_multiple_of_the_bucket(vocab):
+    ids, mask = encode_prompts(vocab, [[0, 1], [2]], bucket=8)
+    assert ids.shape == (2, 16)
+    assert torch.equal(ids[:, -9:], encode_prompts(vocab, [[0, 1], [2]])[0])
+    assert mask.sum(-1).tolist() == [9, 5]
+
+
 def test_decode_gives_back_the_codes_as_text(synthetic, tokenizer, vocab):
     ids = encode_history(vocab, [4, 2])
     assert tokenizer.decode(ids, skip_special_tokens=True) == history_text(synthetic.index, [4, 2])
