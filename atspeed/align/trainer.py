@@ -41,6 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from atspeed.align.losses import ALIGN_LOSSES, combine, rec_loss, seqkd_loss
 from atspeed.align.teacher import TeacherData
+from atspeed.decoding.tree import prompt_inputs
 from atspeed.files import write_text
 from atspeed.rec.data import MAX_HISTORY, RecDataset, eval_cases, train_samples
 from atspeed.rec.recommend import Recommender, build_recommender, recommend
@@ -200,7 +201,7 @@ def answer_logits(model: PreTrainedModel, rows: Rows) -> Tensor:
     Positions count from each row's first real token, as generate() does with left padding, and
     only the last L + 2 positions are projected onto the vocabulary."""
     n = rows.answers.shape[1]  # L + 1
-    position_ids = (rows.attention_mask.cumsum(-1) - 1).clamp(min=0)  # [R, S]
+    _, position_ids = prompt_inputs(rows.attention_mask)  # [R, S], as generate() numbers them
     out = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, position_ids=position_ids,
                 use_cache=False, logits_to_keep=n + 1)
     return out.logits[:, :-1]  # [R, L + 1, V]: logits at column S-L-2+t predict answer token t
