@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
@@ -103,18 +102,3 @@ def run(
     return (f"catalogue: {name}, {len(index)} items, device {device}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, K = {beams}\n{format_costs(costs)}")
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Compatibility entry for `atspeed bench trie` (which passes its raw arguments here) until the CLI
-    declares the options and calls `run` itself; the full script is `benchmarks/bench_trie.py`."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="atspeed bench trie", description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the synthetic catalogue)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--beams", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    print(run(args.data, args.batch, args.beams, args.repeats, args.device, args.threads))

@@ -6,10 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
-
 import atspeed
-from atspeed.rec.bench_trie import catalogue, main, run, trie_step_costs
+from atspeed.rec.bench_trie import catalogue, run, trie_step_costs
 
 
 def test_each_batch_size_times_both_processors_on_b_times_k_rows(synthetic):
@@ -27,12 +25,6 @@ def test_run_prints_the_catalogue_then_one_row_per_batch_size():
     lines = run(batches=(1, 2), beams=2, repeats=1, threads=None).splitlines()
     assert lines[0].startswith("catalogue: synthetic, 512 items")
     assert [line.split()[:2] for line in lines[2:]] == [["1", "2"], ["2", "4"]]
-
-
-def test_the_cli_entry_still_takes_raw_arguments(capsys):
-    threads = str(torch.get_num_threads())  # the suite's own setting: other tests compare float results across processes
-    main(["--batch", "1", "--beams", "2", "--repeats", "1", "--threads", threads])
-    assert "HF / vectorised" in capsys.readouterr().out
 
 
 def test_package_code_builds_no_path_into_a_local_data_folder():
