@@ -46,6 +46,7 @@ from atspeed.timing import Timer
 METHODS = ("hf", "tree", "speculative", "hf-sample", "speculative-relaxed")
 # small recommenders trained on the synthetic dataset, shipped for the demo (see its README)
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
+PROMPT_BUCKET = 32  # prompt tokens: GPU prompts are left-padded to a multiple of this
 SPECULATIVE = ("speculative", "speculative-relaxed")
 SAMPLING = ("hf-sample", "speculative-relaxed")  # seeded draws, not the K best: ranked by score after
 
@@ -294,8 +295,10 @@ def _decode(
 ) -> TreeBeamOutput:
     """One batch through the method's own entry point: [B*k, prompt_len + L] sequences, [B*k] scores
     and the core's counters (speculative: n_run rounds, total_accept_steps)."""
-    input_ids, attention_mask = encode_prompts(rec.vocab, histories)
     device = rec.target.device
+    # on a GPU, a few prompt lengths serve all traffic: the engine captures one graph per shape
+    bucket = PROMPT_BUCKET if device.type == "cuda" else 1
+    input_ids, attention_mask = encode_prompts(rec.vocab, histories, bucket=bucket)
     processor = TrieLogitsProcessor(rec.trie, input_ids.shape[1], eos_token_id=rec.vocab.eos_token_id)
     settings = dict(
         input_ids=input_ids.to(device),
@@ -313,7 +316,7 @@ def _decode(
     if method in ("hf", "hf-sample"):
         return _hf_generate(rec.target, **settings)
     if method == "tree":
-        return generate_with_tree_attention(rec.target, always_beam=True, **settings)
+        return generate_with_tree_attention(rec.target, always_beam=True, step_scores=False, **settings)
     return generate_speculative(rec.target, rec.draft, draft_beams=max(k, draft_beams), schedule=DraftSchedule(gamma),
                                 **settings)
 
