@@ -50,6 +50,7 @@ def _names(module: str, name: str) -> tuple[str, ...]:
 
 METHODS = _names("atspeed.rec.recommend", "METHODS")
 ALIGN_METHODS = _names("atspeed.align.trainer", "METHODS")
+TEACHER_METHODS = _names("atspeed.align.trainer", "TEACHER_METHODS")  # the alignment methods that need --teacher
 ENGINE_METHODS = _names("atspeed.benchmarking", "ENGINE_METHODS")
 MODEL_SIZES = _names("atspeed.models", "SIZES")
 DEMO_RECIPES = _names("atspeed.rec.experiment", "DEMO_RECIPES")
@@ -314,12 +315,12 @@ def recommend(data_dir: Path, target: Path, draft: Path | None, history: str | N
               output: Path | None, k: int, method: str, device: str, batch_size: int, engine: str,
               overwrite: bool, **ray: object) -> None:
     """Top-K next items: for one --history (printed), or for every user of --input (written to --output)."""
-    from atspeed.rec.recommend import check_k, check_method
-
     if (history is None) == (input_path is None):
         raise click.UsageError("give exactly one of --history (one user) or --input (a batch job).")
     if input_path is not None and output is None:
         raise click.UsageError("--input needs --output (a .parquet file).")
+    from atspeed.rec.recommend import check_k, check_method
+
     with _about("--draft"):
         check_method(method, has_draft=draft is not None)
     num_items = count_items(data_dir, allow_duplicate_ids=True)
@@ -432,18 +433,17 @@ def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, dra
           device: str, **settings) -> None:
     """Train a draft to agree with the target (AtSpeed-S / -R or a baseline); keeps the draft with the best
     acceptance. Runs under `accelerate launch` too."""
+    method = settings["method"]
+    if method in TEACHER_METHODS and teacher_dir is None:
+        raise click.UsageError(f"--method {method} trains on the target's beams: give --teacher DIR.")
     import torch
 
     from atspeed.align.teacher import TEACHER_FILE, generate_teacher_data, load_teacher_data
-    from atspeed.align.trainer import TEACHER_METHODS, AlignConfig
+    from atspeed.align.trainer import AlignConfig
     from atspeed.align.trainer import align as run_alignment
     from atspeed.rec.data import load_dataset
     from atspeed.rec.recipes import new_model
     from atspeed.rec.recommend import load_recommender
-
-    method = settings["method"]
-    if method in TEACHER_METHODS and teacher_dir is None:
-        raise click.UsageError(f"--method {method} trains on the target's beams: give --teacher DIR.")
     ds = load_dataset(data_dir, allow_duplicate_ids=True)
     rec = load_recommender(target, data_dir, draft, device=device, allow_duplicate_ids=True)
     teacher_data = None

@@ -26,7 +26,7 @@ def modules_loaded_by(*args: str) -> set[str]:
 
 @pytest.mark.parametrize("args", [["--help"], ["recommend", "--help"], ["bench", "engine", "--help"],
                                   ["train", "--help"], ["align", "--help"], ["recommend", "--data"],
-                                  ["evaluate", "--ks", "0"]],
+                                  ["evaluate", "--ks", "0"], ["recommend", "--data", ".", "--target", "."]],
                          ids=" ".join)
 def test_help_and_argument_errors_do_not_import_torch(args):
     assert modules_loaded_by(*args) == set()
@@ -35,6 +35,7 @@ def test_help_and_argument_errors_do_not_import_torch(args):
 @pytest.mark.parametrize(("module", "name", "value"), [
     ("atspeed.rec.recommend", "METHODS", cli.METHODS),
     ("atspeed.align.trainer", "METHODS", cli.ALIGN_METHODS),
+    ("atspeed.align.trainer", "TEACHER_METHODS", cli.TEACHER_METHODS),
     ("atspeed.benchmarking", "ENGINE_METHODS", cli.ENGINE_METHODS),
     ("atspeed.models", "SIZES", cli.MODEL_SIZES),
     ("atspeed.rec.experiment", "DEMO_RECIPES", cli.DEMO_RECIPES),
