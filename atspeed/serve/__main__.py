@@ -1,0 +1,3 @@
+from atspeed.serve.main import main
+
+main()

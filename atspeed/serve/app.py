@@ -1,0 +1,208 @@
+"""The HTTP service: FastAPI routes over one loaded `Recommender` and its `Batcher`.
+
+    POST /recommend         one user's top-K items
+    POST /recommend/batch   many users, one K
+    GET  /health            200 once the models are loaded and warmed up, 503 before and while stopping
+    GET  /metrics           Prometheus text format
+    GET  /docs              OpenAPI (FastAPI's own)
+
+Bad input is answered with a 4xx and `{"error": kind, "detail": what and where}`: the checks are
+`atspeed.rec.recommend`'s own (`check_k`, `check_histories`), plus the service's bounds on request
+size. The decode runs in the batcher's worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from atspeed.rec.recommend import Recommender, check_histories, check_k, recommend
+from atspeed.serve.batcher import Answer, Batcher, BatcherClosed
+from atspeed.serve.config import ServeConfig
+from atspeed.serve.metrics import Metrics
+from atspeed.serve.schemas import (
+    BatchRequest,
+    BatchResponse,
+    ErrorBody,
+    Recommendation,
+    RecommendRequest,
+    RecommendResponse,
+)
+
+PATHS = ("/recommend", "/recommend/batch", "/health", "/metrics")  # metric labels; anything else is "other"
+
+
+class RequestError(Exception):
+    """A request the service refuses: HTTP status, error kind (a metric label) and a message."""
+
+    def __init__(self, status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail, self.headers = status, kind, detail, headers
+
+
+def create_app(rec: Recommender, config: ServeConfig | None = None, item_keys: Sequence | None = None) -> FastAPI:
+    """The service for a loaded recommender; `item_keys[i]` is item i's original key, if known."""
+    config = config or ServeConfig()
+    metrics = Metrics()
+    decode = partial(_decode, rec, config.method, config.max_batch)
+    batcher_box: dict[str, Batcher] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher = Batcher(decode, max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000,
+                          on_batch=metrics.on_batch)
+        await asyncio.to_thread(_warm_up, decode, rec.num_items)
+        batcher.start()
+        metrics.queued.set_function(lambda: batcher.queued)
+        batcher_box["batcher"] = batcher
+        app.state.ready = True
+        yield
+        app.state.ready = False  # uvicorn has stopped taking connections and finished in-flight requests
+        await batcher.close()
+
+    app = FastAPI(title="atspeed", summary="Top-K next items by trie-constrained beam search, batched on the fly",
+                  lifespan=lifespan, responses={code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)})
+    app.state.ready = False
+    app.state.metrics = metrics
+
+    async def answer(history: Sequence[int], k: int) -> Answer:
+        if "batcher" not in batcher_box or not app.state.ready:
+            raise RequestError(503, "not_ready", "The models are not loaded yet.", {"Retry-After": "1"})
+        try:
+            return await batcher_box["batcher"].submit(history, k)
+        except BatcherClosed as e:
+            raise RequestError(503, "shutting_down", str(e), {"Retry-After": "1"}) from None
+
+    def result(user: object, a: Answer) -> Recommendation:
+        keys = [item_keys[i] for i in a.items] if item_keys is not None else None
+        return Recommendation(user=user, items=a.items, keys=keys, scores=a.scores)
+
+    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
+    async def recommend_one(body: RecommendRequest, request: Request) -> RecommendResponse:
+        """The top-K items for one user's history."""
+        _check(config, rec.num_items, [body.history], body.k)
+        a = await answer(body.history, body.k)
+        return RecommendResponse(**result(body.user, a).model_dump(), method=config.method, k=body.k,
+                                 latency_ms=_ms_since(request))
+
+    @app.post("/recommend/batch", response_model=BatchResponse, response_model_exclude_none=True)
+    async def recommend_many(body: BatchRequest, request: Request) -> BatchResponse:
+        """The top-K items for each of several users (at most max_users), in request order."""
+        if len(body.users) > config.max_users:
+            raise RequestError(413, "batch_too_large",
+                               f"{len(body.users)} users in one request; the limit is {config.max_users}.")
+        _check(config, rec.num_items, [u.history for u in body.users], body.k)
+        answers = await asyncio.gather(*(answer(u.history, body.k) for u in body.users))
+        return BatchResponse(results=[result(u.user, a) for u, a in zip(body.users, answers, strict=True)],
+                             method=config.method, k=body.k, latency_ms=_ms_since(request))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """200 when the models are loaded and warmed up (a load balancer's readiness check)."""
+        ready = bool(app.state.ready)
+        body = {"status": "ok" if ready else "unavailable", "method": config.method, "items": rec.num_items,
+                "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Counters and histograms in Prometheus' text format."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    _install_handlers(app, config, metrics)
+    return app
+
+
+def _decode(rec: Recommender, method: str, max_batch: int, histories: Sequence[Sequence[int]], k: int):
+    return recommend(rec, histories, k, method=method, batch_size=max_batch)
+
+
+def _warm_up(decode, num_items: int) -> None:
+    """First calls allocate and pick kernels: pay that before the first user does (batch 1 and 2)."""
+    k = min(20, num_items)
+    decode([[0]], k)
+    decode([[0], [0, 1 % num_items]], k)
+
+
+def _check(config: ServeConfig, num_items: int, histories: list[list[int]], k: int) -> None:
+    """The request's K and histories, by recommend()'s own checks plus the service's size bounds."""
+    try:
+        check_k(k, num_items)
+    except ValueError as e:
+        raise RequestError(422, "invalid_k", str(e)) from None
+    if k > config.max_k:
+        raise RequestError(422, "invalid_k", f"k must be at most {config.max_k} (the service's max_k), got {k}.")
+    for row, history in enumerate(histories):
+        if len(history) > config.max_history:
+            raise RequestError(422, "history_too_long", f"History {row} has {len(history)} items; the limit is "
+                               f"{config.max_history} (the model reads the last 20).")
+    try:
+        check_histories(histories, num_items)
+    except ValueError as e:
+        raise RequestError(422, "invalid_history", str(e)) from None
+
+
+def _ms_since(request: Request) -> float:
+    return round((time.perf_counter() - request.state.start) * 1000, 3)
+
+
+def _install_handlers(app: FastAPI, config: ServeConfig, metrics: Metrics) -> None:
+    """Every refusal as `{"error", "detail"}`, counted by kind; request counts and latency per path."""
+
+    def refuse(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        metrics.errors.labels(kind).inc()
+        return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, e: RequestError) -> JSONResponse:
+        return refuse(e.status, e.kind, e.detail, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, e: RequestValidationError) -> JSONResponse:
+        errors = e.errors()
+        bad_json = [err for err in errors if err.get("type") == "json_invalid"]
+        if bad_json:
+            where, why = bad_json[0].get("loc", ("body", "?"))[-1], bad_json[0].get("ctx", {}).get("error", "")
+            return refuse(400, "malformed_json", f"The body is not valid JSON: {why} at character {where}.")
+        return refuse(422, "invalid_request", "; ".join(_describe(err) for err in errors))
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, e: Exception) -> JSONResponse:  # a bug or a failed decode, not bad input
+        return refuse(500, "internal", f"{type(e).__name__}: {e}")
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        request.state.start = time.perf_counter()
+        path = request.url.path if request.url.path in PATHS else "other"
+        refusal = _refuse_body(request, config.max_body_bytes)
+        response = refuse(*refusal) if refusal else await call_next(request)
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - request.state.start)
+        return response
+
+
+def _refuse_body(request: Request, max_bytes: int) -> tuple[int, str, str] | None:
+    """A POST body that is not JSON, or larger than the limit, is refused before it is read."""
+    if request.method != "POST":
+        return None
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        return 415, "not_json", f"Send the body as JSON with 'Content-Type: application/json' (got {kind or 'none'!r})."
+    size = request.headers.get("content-length", "")
+    if size.isdigit() and int(size) > max_bytes:
+        return 413, "body_too_large", f"The body has {size} bytes; the limit is {max_bytes}."
+    return None
+
+
+def _describe(err: dict) -> str:
+    """One pydantic error as 'body.history.2: Input should be a valid integer (got "x")'."""
+    where = ".".join(str(part) for part in err.get("loc", ()))
+    got = f" (got {err['input']!r})" if "input" in err and err.get("type") != "missing" else ""
+    return f"{where}: {err.get('msg', 'invalid')}{got}"[:500]
