@@ -1,11 +1,12 @@
-"""Side-by-side timing for the benchmarks and the demo, and the engine benchmark (`atspeed bench engine`)."""
+"""The benchmarks' library: side-by-side timing, the engine table (`atspeed bench engine`) and the
+README example timed (`atspeed bench decode`)."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -40,8 +41,9 @@ def measure_peak(device: torch.device | str, dtype: torch.dtype) -> Peak:
     n = 4096 if torch.device(device).type == "cuda" else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     flops = 2 * n**3 / _best_seconds(lambda: a @ a)
-    src = torch.empty(64 * 2**20 if torch.device(device).type == "cpu" else 1024 * 2**20, dtype=torch.uint8,
-                      device=device)
+    src = torch.empty(
+        64 * 2**20 if torch.device(device).type == "cpu" else 1024 * 2**20, dtype=torch.uint8, device=device
+    )
     dst = torch.empty_like(src)
     bandwidth = 2 * src.numel() / _best_seconds(lambda: dst.copy_(src))
     return Peak(flops, bandwidth)
@@ -118,16 +120,18 @@ def engine_cell(
     notes: list[str] = []
 
     def sd(d: torch.nn.Module) -> Callable[[], torch.Tensor]:
-        return lambda: beam_search_by_SD(target, d, inputs, new, gamma, beams, max(beams, draft_beams),
-                                         eos_token_id=None, pad_token_id=0)["beam_sequences"]
+        return lambda: beam_search_by_SD(
+            target, d, inputs, new, gamma, beams, max(beams, draft_beams), eos_token_id=None, pad_token_id=0
+        )["beam_sequences"]
 
     runs: dict[str, Callable[[], torch.Tensor]] = {
         "hf": lambda: target.generate(**inputs, **common),
         "hf-static": lambda: target.generate(**inputs, **common, cache_implementation="static"),
         "tree": lambda: generate_with_tree_attention(target, always_beam=True, engine="dynamic", **inputs, **common),
         "engine": lambda: generate_with_tree_attention(target, always_beam=True, **inputs, **common),
-        "engine-eager": lambda: generate_with_tree_attention(target, always_beam=True, engine="static", **inputs,
-                                                             **common),
+        "engine-eager": lambda: generate_with_tree_attention(
+            target, always_beam=True, engine="static", **inputs, **common
+        ),
         "engine+sd": sd(draft),
         "engine+sd-noisy": sd(noisy_draft),
     }
@@ -141,7 +145,7 @@ def engine_cell(
     with torch.inference_mode():
         for name in [n for n in ("hf", "hf-static") if n in runs]:  # the slow ones: fewer repeats, OOM reported
             try:
-                (t, out), = compare({name: runs.pop(name)}, 1 if batch * beams > 256 else repeats).values()
+                ((t, out),) = compare({name: runs.pop(name)}, 1 if batch * beams > 256 else repeats).values()
                 ms[name], outputs[name] = t / batch, out
             except torch.OutOfMemoryError:
                 notes.append(f"{name}: out of memory")
@@ -162,7 +166,9 @@ def format_engine_table(cells: list[EngineCell], methods: tuple[str, ...] = ENGI
     head += f" {'engine users/s':>14} {'engine x HF':>11} {'roofline ms':>11} {'engine/roof':>11}  differ"
     lines = [head]
     for c in cells:
-        row = f"{c.batch:>3} {c.beams:>4} " + " ".join(f"{c.ms[m]:>15.2f}" if m in c.ms else f"{'-':>15}" for m in methods)
+        row = f"{c.batch:>3} {c.beams:>4} " + " ".join(
+            f"{c.ms[m]:>15.2f}" if m in c.ms else f"{'-':>15}" for m in methods
+        )
         engine = c.ms.get("engine")
         users = f"{1e3 / engine:>14.1f}" if engine else f"{'-':>14}"
         gain = f"{c.ms['hf'] / engine:>10.2f}x" if engine and "hf" in c.ms else f"{'-':>11}"
@@ -198,8 +204,9 @@ def engine_benchmark(
     peak = measure_peak(device, torch_dtype)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
     params = sum(p.numel() for p in target.parameters()) / 1e6
-    print_fn(f"torch {torch.__version__}; {name}; {size} target ({params:.0f}M params), {dtype}; prompt 84, "
-             f"4 new tokens")
+    print_fn(
+        f"torch {torch.__version__}; {name}; {size} target ({params:.0f}M params), {dtype}; prompt 84, 4 new tokens"
+    )
     print_fn(f"measured peak: {peak.flops / 1e9:.0f} GFLOP/s matmul, {peak.bytes_per_s / 1e9:.0f} GB/s copy")
     cells: list[EngineCell] = []
     deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
@@ -208,9 +215,81 @@ def engine_benchmark(
             if deadline is not None and time.monotonic() > deadline:
                 print_fn(f"B={batch} K={k}: not run (time budget of {time_budget_s:.0f} s spent)")
                 continue
-            cells.append(engine_cell(target, draft, noisy, peak, batch=batch, beams=k, repeats=repeats,
-                                     methods=methods, hf_max_rows=hf_max_rows))
+            cells.append(
+                engine_cell(
+                    target,
+                    draft,
+                    noisy,
+                    peak,
+                    batch=batch,
+                    beams=k,
+                    repeats=repeats,
+                    methods=methods,
+                    hf_max_rows=hf_max_rows,
+                )
+            )
             print_fn("\n".join(format_engine_table(cells[-1:], methods).splitlines()[1:]))
     print_fn("")
     print_fn(format_engine_table(cells, methods))
     return cells
+
+
+# -- `atspeed bench decode`: the README's example, timed ----------------------------------------------
+
+HF_LABEL = "HF generate(num_beams=K)"
+
+
+def decode_benchmark(
+    beams: int = 20, draft_beams: int = 40, gamma: int = 3, new_tokens: int = 4, prompt_len: int = 84, repeats: int = 5
+) -> str:
+    """The comparison as `atspeed bench decode` prints it: a line on the setting, the table (ms, speedup
+    over HF, same top-K as HF), and the speculative run's rounds, accepted levels and target calls."""
+    from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
+    from atspeed.models import draft_target_pair
+
+    torch.manual_seed(0)
+    target, draft = draft_target_pair("cpu", noise=0.0)
+    prompt = torch.randint(3, target.config.vocab_size, (1, prompt_len))
+    inputs = {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
+    runs = {
+        HF_LABEL: lambda: (
+            target.generate(
+                **inputs,
+                max_new_tokens=new_tokens,
+                num_beams=beams,
+                num_return_sequences=beams,
+                return_dict_in_generate=True,
+                output_scores=True,
+            ).sequences
+        ),
+        "tree attention": lambda: beam_search_by_TreeAttn(target, inputs, max_new_tokens=new_tokens, beam_size=beams),
+        "speculative (strict)": lambda: beam_search_by_SD(
+            target,
+            draft,
+            inputs,
+            max_new_tokens=new_tokens,
+            gamma=gamma,
+            beam_size=beams,
+            draft_beam_size=max(beams, draft_beams),
+        ),
+    }
+    with torch.inference_mode():
+        results = compare(runs, repeats)
+    hf_ms, reference = results[HF_LABEL]
+    lines = [
+        f"target: random Llama {target.config.num_hidden_layers}x{target.config.hidden_size}; draft: its first "
+        f"layer (always agrees). prompt {prompt_len} tokens, K={beams}, {new_tokens} new tokens",
+        "",
+        f"{'method':<26} {'ms':>8} {'speedup':>8}  same top-{beams} as HF",
+    ]
+    for name, (ms, out) in results.items():
+        sequences = out if name == HF_LABEL else out["beam_sequences"]
+        same = torch.equal(sequences[:, prompt_len:], reference[:, prompt_len:])
+        lines.append(f"{name:<26} {ms:>8.1f} {hf_ms / ms:>7.2f}x  {'yes' if same else 'NO'}")
+    sd = results["speculative (strict)"][1]
+    lines += [
+        "",
+        f"speculative: {sd['n_run']} round(s), {sd['ave_accept_steps']:.2f} accepted levels per round, "
+        f"{sd['target_calls']} target forward call(s)",
+    ]
+    return "\n".join(lines)

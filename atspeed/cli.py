@@ -436,24 +436,10 @@ def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, dra
     method = settings["method"]
     if method in TEACHER_METHODS and teacher_dir is None:
         raise click.UsageError(f"--method {method} trains on the target's beams: give --teacher DIR.")
-    import torch
+    from atspeed.align.job import align_job
 
-    from atspeed.align.teacher import TEACHER_FILE, generate_teacher_data, load_teacher_data
-    from atspeed.align.trainer import AlignConfig
-    from atspeed.align.trainer import align as run_alignment
-    from atspeed.rec.data import load_dataset
-    from atspeed.rec.recipes import new_model
-    from atspeed.rec.recommend import load_recommender
-    ds = load_dataset(data_dir, allow_duplicate_ids=True)
-    rec = load_recommender(target, data_dir, draft, device=device, allow_duplicate_ids=True)
-    teacher_data = None
-    if method in TEACHER_METHODS:
-        if not (teacher_dir / TEACHER_FILE).exists():  # made (or resumed) here; a finished one is reused
-            generate_teacher_data(rec, ds, teacher_dir, k=settings["teacher_beams"])
-        teacher_data = load_teacher_data(teacher_dir)
-    torch.manual_seed(settings["seed"])
-    start = rec.draft if rec.draft is not None else new_model(kind, rec.tokenizer)
-    result = run_alignment(rec.target, start, rec.tokenizer, ds, teacher_data, out, AlignConfig(**settings))
+    result = align_job(data_dir, target, out, teacher_dir=teacher_dir, draft=draft, kind=kind, device=device,
+                       **settings)
     click.echo(f"best acceptance {result.best_acceptance:.3f} levels/round at step {result.best_step}; "
                f"saved {result.final}")
 
@@ -503,7 +489,7 @@ def bench() -> None:
 def bench_decode(**settings: int) -> None:
     """HF beam search vs tree attention vs strict speculative beam search on a built-in random model pair
     (no downloads): same outputs, and how long each took."""
-    from atspeed.bench_decode import decode_benchmark
+    from atspeed.benchmarking import decode_benchmark
 
     click.echo(decode_benchmark(**settings))
 

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from atspeed.align.teacher import generate_teacher_data, load_teacher_data
 from atspeed.align.trainer import METHODS, TEACHER_METHODS, AlignConfig, align
 from atspeed.files import write_text
-from atspeed.rec.data import RecDataset, eval_cases, load_dataset
+from atspeed.rec.data import RecDataset, eval_cases, first_users, load_dataset
 from atspeed.rec.metrics import evaluate
 from atspeed.rec.recommend import Recommender, load_model, load_recommender, recommend
 from atspeed.rec.train import save_final
@@ -81,14 +81,6 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def train_subset(ds: RecDataset, users: int) -> RecDataset:
-    """The same catalogue and name, with only the first `users` users (sorted ids) of every split."""
-    keep = set(ds.users[:users])
-    pick = lambda split: {u: s for u, s in split.items() if u in keep}
-    return RecDataset(name=ds.name, index=ds.index, train=pick(ds.train), valid=pick(ds.valid),
-                      test=pick(ds.test), meta=ds.meta)
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -276,7 +268,7 @@ def main() -> None:
     ds = load_dataset(args.data, allow_duplicate_ids=True)
     rec = load_recommender(args.target, args.data, device=args.device, allow_duplicate_ids=True)
     start_draft = load_draft(args.draft, args.device)
-    subset = train_subset(ds, args.train_users)
+    subset = first_users(ds, args.train_users)
     n_samples = sum(max(0, len(s) - 1) for s in subset.train.values())
     log(f"data {ds.name}: {ds.num_items} items, {len(ds.users)} users; alignment on the first "
         f"{len(subset.users)} users ({n_samples} train samples, {n_samples / args.batch_size:.0f} batches of "

@@ -16,7 +16,7 @@ import json
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from atspeed.files import write_texts
@@ -266,3 +266,9 @@ def _split_text(seqs: Mapping[int, Sequence[int]], users: Iterable[int], num_ite
             raise ValueError(f"user {u}: item ids must be 0 … {num_items - 1} in memory, got {list(items)}.")
         lines.append(" ".join(str(x) for x in (u, *(i + 1 for i in items))))
     return "".join(line + "\n" for line in lines)
+
+
+def first_users(ds: RecDataset, n: int) -> RecDataset:
+    """The same catalogue with only the first `n` users (sorted ids) of every split: a smaller run."""
+    keep = set(ds.users[:n])
+    return replace(ds, **{split: {u: seq for u, seq in getattr(ds, split).items() if u in keep} for split in SPLITS})

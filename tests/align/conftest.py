@@ -3,25 +3,18 @@ float64 target / draft models (float64 and spread-out logits, so beam search has
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from atspeed.rec.data import SPLITS, RecDataset
+from atspeed.rec.data import RecDataset, first_users
 from atspeed.rec.recipes import new_model
 from atspeed.rec.recommend import Recommender, build_recommender
 from atspeed.rec.synthetic import SyntheticConfig, generate_dataset
 from atspeed.rec.tokenizer import build_tokenizer
 
 USERS = 24  # the first users of the synthetic dataset: ~200 training prompts, a few seconds per test
-
-
-def first_users(ds: RecDataset, n: int) -> RecDataset:
-    """The same catalogue with only the first `n` users' sequences."""
-    keep = set(ds.users[:n])
-    return replace(ds, **{split: {u: seq for u, seq in getattr(ds, split).items() if u in keep} for split in SPLITS})
 
 
 @pytest.fixture(scope="session")
