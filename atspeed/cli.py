@@ -445,6 +445,37 @@ def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, dra
 
 
 # ------------------------------------------------------------------------------------------------
+# serve
+
+SERVE_METHODS = _names("atspeed.serve.config", "SERVE_METHODS")
+
+
+@main.command()
+@_data(required=False, help="dataset folder (default: the synthetic demo data, in a temporary folder)")
+@_target(required=False, help="target model folder (default: the committed demo target)")
+@_draft(help="draft model folder, for --method speculative (default with the demo target: the demo draft)")
+@click.option("--method", type=click.Choice(SERVE_METHODS), default="tree", show_default=True)
+@DEVICE
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="requests decoded together, at most (1: no batching)")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="longest wait for a batch to fill")
+@click.option("--max-k", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--max-history", type=click.IntRange(min=1), default=200, show_default=True, help="items per request")
+@click.option("--max-users", type=click.IntRange(min=1), default=256, show_default=True,
+              help="users per /recommend/batch call")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads for decoding")
+def serve(data_dir: Path | None, **settings: object) -> None:
+    """An HTTP JSON service: top-K items per history, concurrent requests batched (POST /recommend, /docs)."""
+    from atspeed.serve import ServeConfig
+    from atspeed.serve import serve as run_service
+
+    run_service(ServeConfig(data=data_dir, **settings))
+
+
+# ------------------------------------------------------------------------------------------------
 # demo
 
 

@@ -26,7 +26,8 @@ def modules_loaded_by(*args: str) -> set[str]:
 
 @pytest.mark.parametrize("args", [["--help"], ["recommend", "--help"], ["bench", "engine", "--help"],
                                   ["train", "--help"], ["align", "--help"], ["recommend", "--data"],
-                                  ["evaluate", "--ks", "0"], ["recommend", "--data", ".", "--target", "."]],
+                                  ["evaluate", "--ks", "0"], ["recommend", "--data", ".", "--target", "."],
+                                  ["serve", "--help"], ["serve", "--method", "nope"]],
                          ids=" ".join)
 def test_help_and_argument_errors_do_not_import_torch(args):
     assert modules_loaded_by(*args) == set()
@@ -39,6 +40,7 @@ def test_help_and_argument_errors_do_not_import_torch(args):
     ("atspeed.benchmarking", "ENGINE_METHODS", cli.ENGINE_METHODS),
     ("atspeed.models", "SIZES", cli.MODEL_SIZES),
     ("atspeed.rec.experiment", "DEMO_RECIPES", cli.DEMO_RECIPES),
+    ("atspeed.serve.config", "SERVE_METHODS", cli.SERVE_METHODS),
 ])
 def test_choices_read_from_source_are_their_owners_values(module, name, value):
     assert tuple(getattr(importlib.import_module(module), name)) == value
