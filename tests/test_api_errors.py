@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import make_model
 
 from atspeed import UnsupportedModelError, replace_beam_search_with_TreeAttn
 from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
-from helpers import make_model
 
 VOCAB = 64  # helpers.make_model's default vocabulary
 
@@ -77,3 +77,14 @@ def test_a_model_that_is_not_a_hugging_face_lm_is_refused(pair, run, position):
 def test_a_one_dimensional_tensor_is_one_prompt(pair, run):
     assert torch.equal(run(pair, torch.tensor([5, 6, 7]))["beam_sequences"],
                        run(pair, {"input_ids": ids([5, 6, 7])})["beam_sequences"])
+
+
+def test_patched_generate_refuses_a_mask_of_another_shape():
+    from helpers import fresh_copy, make_model
+
+    from atspeed import replace_beam_search_with_TreeAttn
+
+    model = replace_beam_search_with_TreeAttn(fresh_copy(make_model("llama", seed=0)))
+    ids = torch.randint(3, 64, (1, 40))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 50\) but input_ids have \(1, 40\)"):
+        model.generate(input_ids=ids, attention_mask=torch.ones(1, 50, dtype=torch.long), max_new_tokens=2, num_beams=2)

@@ -19,7 +19,7 @@ from atspeed.decoding.beam import BeamConfig
 from atspeed.decoding.static import num_slots, static_beam_search
 from atspeed.decoding.tree_search import BeamSearchResult, tree_beam_search
 from atspeed.hf import compat
-from atspeed.hf.checks import check_generation_request
+from atspeed.hf.checks import check_generation_request, check_inputs
 from atspeed.hf.engine import ENGINES, new_tokens, static_unsupported
 from atspeed.hf.graphs import capture_unsupported, planned_beam_search
 from atspeed.hf.model import TreeLM, check_tree_support, model_device
@@ -249,6 +249,9 @@ def generate_with_tree_attention(
             )
     if kwargs.get("custom_generate") is not None:
         raise ValueError("custom_generate is already set by atspeed; call the original generate() to use another.")
+    ids, mask = kwargs.get("input_ids", kwargs.get("inputs")), kwargs.get("attention_mask")
+    if isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor):  # generate() would expand both silently
+        check_inputs({"input_ids": ids, "attention_mask": mask})
     method = tree_attention_generate
     if always_beam or engine != "auto" or not step_scores:
         method = functools.partial(
