@@ -222,3 +222,12 @@ def test_the_installed_command_prints_the_same(world, tmp_path, name):
     assert (real.returncode, errors) == (forked.exit_code, forked.error_lines)  # progress bars' rates differ
     check_clean_error(forked, pattern)
     assert "Traceback" not in real.stderr
+
+
+def test_demo_with_a_folder_that_holds_no_model_writes_nothing(tmp_path):
+    out, empty = tmp_path / "demo-out", tmp_path / "empty"
+    empty.mkdir()
+    result = atspeed("demo", "--target", empty, "--out", out, cwd=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert len(result.error_lines) == 1 and "No model at" in result.error_lines[0], result.output
+    assert not out.exists()

@@ -17,7 +17,7 @@ import torch
 
 from atspeed.rec.data import eval_cases, load_dataset
 from atspeed.rec.evaluate import MethodResult, evaluate_decoding
-from atspeed.rec.recommend import PRETRAINED, Recommender, load_recommender
+from atspeed.rec.recommend import PRETRAINED, Recommender, load_recommender, model_dir
 from atspeed.rec.report import format_table, write_report
 from atspeed.rec.synthetic import write_synthetic
 from atspeed.rec.train import train_recipe
@@ -88,6 +88,9 @@ def demo(
     (given, committed, or trained here for `epochs` or `train_steps`), then `evaluate_run` with a report."""
     if recipe not in DEMO_RECIPES:
         raise ValueError(f"Unknown demo recipe {recipe!r}; choose one of {', '.join(DEMO_RECIPES)}.")
+    for given in (target, draft):  # a wrong model folder fails before anything is written
+        if given is not None:
+            model_dir(given)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     committed = data_dir is None and train_steps is None and recipe == "default"
