@@ -38,3 +38,13 @@ def llama():
     from helpers import make_model
 
     return make_model("llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory):
+    """The built-in synthetic dataset, written once per session (read-only for the tests)."""
+    from atspeed.rec.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic(root)
+    return root

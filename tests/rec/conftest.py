@@ -9,20 +9,12 @@ import torch
 
 from atspeed.rec.data import RecDataset, load_dataset
 from atspeed.rec.recipes import new_model
-from atspeed.rec.synthetic import write_synthetic
 from atspeed.rec.tokenizer import ItemVocab, build_tokenizer, item_vocab
 from atspeed.rec.train import save_final
 from atspeed.rec.trie import ItemTrie, build_trie
 
 REPO = Path(__file__).resolve().parents[2]
 BEAUTY = REPO / "../shared/data/beauty"
-
-
-@pytest.fixture(scope="session")
-def synthetic_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    write_synthetic(root)
-    return root
 
 
 @pytest.fixture(scope="session")

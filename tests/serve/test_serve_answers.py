@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 import torch
-from conftest import metric, served
+from serve_helpers import metric, served
 
 from atspeed.rec.recommend import recommend
 from atspeed.serve.app import create_app

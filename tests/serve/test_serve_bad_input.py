@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import httpx
 import pytest
-from conftest import served
+from serve_helpers import served
 
 from atspeed.serve.app import create_app
 from atspeed.serve.config import ServeConfig

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import metric
+from serve_helpers import metric
 
 from atspeed.serve.main import main
 
@@ -60,11 +60,11 @@ async def in_flight_then_sigterm(base: str, proc: subprocess.Popen, histories) -
         return await asyncio.wait_for(asyncio.gather(*posts), 60), refused
 
 
-def test_sigterm_answers_requests_in_flight_and_exits_0(serve_data, histories, tmp_path):
+def test_sigterm_answers_requests_in_flight_and_exits_0(synthetic_dir, histories, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "atspeed.serve", "--data", str(serve_data), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "atspeed.serve", "--data", str(synthetic_dir), "--port", str(port),
                              "--max-batch", "64", "--max-wait-ms", "5000", "--threads", "1"],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -81,8 +81,8 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(serve_data, histories, t
         log.close()
 
 
-def test_a_missing_model_is_one_error_line_and_exit_2(serve_data, tmp_path, capsys):
+def test_a_missing_model_is_one_error_line_and_exit_2(synthetic_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
-        main(["--data", str(serve_data), "--target", str(tmp_path / "nothing"), "--port", str(free_port())])
+        main(["--data", str(synthetic_dir), "--target", str(tmp_path / "nothing"), "--port", str(free_port())])
     assert exit.value.code == 2
     assert capsys.readouterr().err.startswith("Error: No model at")
