@@ -52,6 +52,7 @@ METHODS = _names("atspeed.rec.recommend", "METHODS")
 ALIGN_METHODS = _names("atspeed.align.trainer", "METHODS")
 TEACHER_METHODS = _names("atspeed.align.trainer", "TEACHER_METHODS")  # the alignment methods that need --teacher
 ENGINE_METHODS = _names("atspeed.benchmarking", "ENGINE_METHODS")
+ALL_ENGINE_METHODS = _names("atspeed.benchmarking", "ALL_ENGINE_METHODS")  # engine-eager: GPU runs
 MODEL_SIZES = _names("atspeed.models", "SIZES")
 DEMO_RECIPES = _names("atspeed.rec.experiment", "DEMO_RECIPES")
 DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names
@@ -550,7 +551,7 @@ def bench_trie(data_dir: Path | None, batches: list[int], beams: int, repeats: i
               help="requests B per call")
 @click.option("--beams", "-k", default="1,20,128,256", show_default=True, callback=_positive_ints("K"),
               help="beam sizes K")
-@click.option("--methods", default=",".join(ENGINE_METHODS), show_default=True, callback=_subset(ENGINE_METHODS))
+@click.option("--methods", default=",".join(ENGINE_METHODS), show_default=True, callback=_subset(ALL_ENGINE_METHODS))
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--hf-max-rows", default=4096, show_default=True, help="skip HF above B*K beam rows")
 @click.option("--noise", default=0.02, show_default=True, help="the noisy draft's disagreement")

@@ -38,6 +38,7 @@ def test_help_and_argument_errors_do_not_import_torch(args):
     ("atspeed.align.trainer", "METHODS", cli.ALIGN_METHODS),
     ("atspeed.align.trainer", "TEACHER_METHODS", cli.TEACHER_METHODS),
     ("atspeed.benchmarking", "ENGINE_METHODS", cli.ENGINE_METHODS),
+    ("atspeed.benchmarking", "ALL_ENGINE_METHODS", cli.ALL_ENGINE_METHODS),
     ("atspeed.models", "SIZES", cli.MODEL_SIZES),
     ("atspeed.rec.experiment", "DEMO_RECIPES", cli.DEMO_RECIPES),
     ("atspeed.serve.config", "SERVE_METHODS", cli.SERVE_METHODS),
