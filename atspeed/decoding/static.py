@@ -22,9 +22,9 @@ from typing import Protocol
 
 import torch
 
-from atspeed.decoding.beam import BeamConfig, BeamState, StoppingFn, finalize, gather_beams, init_beams, is_done
+from atspeed.decoding.beam import BeamConfig, BeamState, StoppingFn, gather_beams, init_beams, is_done
 from atspeed.decoding.tree import additive_mask, prompt_inputs
-from atspeed.decoding.tree_search import BeamSearchResult, LogitsProcessorFn, StepRecord, search_step
+from atspeed.decoding.tree_search import BeamSearchResult, LogitsProcessorFn, StepRecord, search_result, search_step
 
 
 class SlotForward(Protocol):
@@ -106,16 +106,7 @@ def static_beam_search(
         stop_early=stop_early,
         fill_value=fill_value,
     )
-    record.finite.check()  # one host read, after the decode
-    sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
-    return BeamSearchResult(
-        sequences=sequences,
-        sequences_scores=scores,
-        beam_indices=beam_indices,
-        scores=record.scores,
-        logits=record.logits,
-        stats={"steps": state.cur_len - cfg.prompt_len},
-    )
+    return search_result(state, cfg, num_return_sequences, record)
 
 
 def decode(

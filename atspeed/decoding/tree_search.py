@@ -165,6 +165,14 @@ def tree_beam_search(
         peak_bytes = max(peak_bytes, lm.cache_bytes)
         if compact_every and K > 1 and (depth + 1) % compact_every == 0:  # one beam leaves no dead slots
             rows = compact(lm, rows)
+    return search_result(state, cfg, num_return_sequences, record, peak_cache_bytes=peak_bytes)
+
+
+def search_result(
+    state: BeamState, cfg: BeamConfig, num_return_sequences: int, record: StepRecord, **stats: object
+) -> BeamSearchResult:
+    """The result of a finished beam search: non-finite logits refused (one host read), HF's output
+    layout (finalize), the per-step records, the number of steps taken and `stats`."""
     record.finite.check()
     sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
     return BeamSearchResult(
@@ -173,5 +181,5 @@ def tree_beam_search(
         beam_indices=beam_indices,
         scores=record.scores,
         logits=record.logits,
-        stats={"steps": state.cur_len - cfg.prompt_len, "peak_cache_bytes": peak_bytes},
+        stats={"steps": state.cur_len - cfg.prompt_len, **stats},
     )

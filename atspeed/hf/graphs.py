@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from atspeed.decoding.beam import BeamConfig, BeamState, finalize
+from atspeed.decoding.beam import BeamConfig, BeamState
 from atspeed.decoding.static import decode, num_slots
-from atspeed.decoding.tree_search import BeamSearchResult, StepRecord
+from atspeed.decoding.tree_search import BeamSearchResult, StepRecord, search_result
 from atspeed.hf.model import TreeLM
 from atspeed.hf.slot_cache import SlotCache
 
@@ -156,18 +156,19 @@ def planned_beam_search(
     """The static decode of a request through its shape's plan (replayed graph, or eager buffers)."""
     plan, new = plan_for(model, cfg, input_ids.shape[0], processors, stopping, fill_value, capture)
     state, record = plan(input_ids, attention_mask)
-    record.finite.check()
-    sequences, scores, beam_indices = finalize(state, cfg, num_return_sequences)
     T = cfg.max_length - cfg.prompt_len
-    return BeamSearchResult(
-        sequences=sequences.clone(),  # the plan's buffers are overwritten by the next request
-        sequences_scores=scores.clone(),
-        beam_indices=beam_indices.clone(),
-        stats={
-            "steps": T,
-            "new_plan": new,
-            "target_calls": T,
-            "target_tokens": int(attention_mask.numel()) + (T - 1) * cfg.num_beams * input_ids.shape[0],
-            "peak_cache_bytes": plan.lm.cache_bytes,
-        },
+    result = search_result(
+        state,
+        cfg,
+        num_return_sequences,
+        record,
+        new_plan=new,
+        target_calls=T,
+        target_tokens=int(attention_mask.numel()) + (T - 1) * cfg.num_beams * input_ids.shape[0],
+        peak_cache_bytes=plan.lm.cache_bytes,
     )
+    # the plan's buffers are overwritten by the next request
+    result.sequences, result.sequences_scores, result.beam_indices = (
+        t.clone() for t in (result.sequences, result.sequences_scores, result.beam_indices)
+    )
+    return result
