@@ -199,6 +199,8 @@ def engine_benchmark(
     cells left when `time_budget_s` is spent are skipped, and said so."""
     from atspeed.models import draft_target_pair
 
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch has no CUDA device (torch.cuda.is_available() is False).")
     torch_dtype = getattr(torch, dtype)
     target, draft = draft_target_pair(size, 0.0, device=device, dtype=torch_dtype)
     _, noisy = draft_target_pair(size, noise, device=device, dtype=torch_dtype)

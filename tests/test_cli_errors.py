@@ -231,3 +231,10 @@ def test_demo_with_a_folder_that_holds_no_model_writes_nothing(tmp_path):
     assert result.exit_code == 2, result.output
     assert len(result.error_lines) == 1 and "No model at" in result.error_lines[0], result.output
     assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_bench_engine_on_a_missing_cuda_device_is_one_error_line(tmp_path):
+    result = atspeed("bench", "engine", "--device", "cuda", "--batches", "1", "--beams", "2", cwd=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert len(result.error_lines) == 1 and "no CUDA device" in result.error_lines[0], result.output
