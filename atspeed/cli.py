@@ -55,6 +55,7 @@ ENGINE_METHODS = _names("atspeed.benchmarking", "ENGINE_METHODS")
 ALL_ENGINE_METHODS = _names("atspeed.benchmarking", "ALL_ENGINE_METHODS")  # engine-eager: GPU runs
 MODEL_SIZES = _names("atspeed.models", "SIZES")
 DEMO_RECIPES = _names("atspeed.rec.experiment", "DEMO_RECIPES")
+OBJECTIVES = _names("atspeed.rec.train", "OBJECTIVES")
 DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names
 ENGINES = ("local", "ray")
 
@@ -262,7 +263,18 @@ def data_fix_index(data_dir: Path, out: Path | None) -> None:
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--save-steps", type=click.IntRange(min=1), default=500, show_default=True,
-              help="steps between checkpoints (the last 2 are kept)")
+              help="steps between checkpoints (the last 2 are kept) and validations")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="sequence", show_default=True,
+              help="sequence: every item of a user's window supervised in one pass; next-item: one example per item")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.1, show_default=True)
+@click.option("--scheduler", type=click.Choice(["linear", "cosine", "constant"]), default="cosine",
+              show_default=True, help="learning-rate schedule")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.02, show_default=True)
+@click.option("--eval-users", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="validation users scored (NDCG@10, beam search) every --save-steps; the best checkpoint "
+                   "is the result (0: no validation, the last step is)")
+@click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True,
+              help="stop after this many validations without a better NDCG@10")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="continue from OUT's last complete checkpoint")
 @click.option("--allow-duplicate-ids", is_flag=True,

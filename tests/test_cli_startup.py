@@ -41,6 +41,7 @@ def test_help_and_argument_errors_do_not_import_torch(args):
     ("atspeed.benchmarking", "ALL_ENGINE_METHODS", cli.ALL_ENGINE_METHODS),
     ("atspeed.models", "SIZES", cli.MODEL_SIZES),
     ("atspeed.rec.experiment", "DEMO_RECIPES", cli.DEMO_RECIPES),
+    ("atspeed.rec.train", "OBJECTIVES", cli.OBJECTIVES),
     ("atspeed.serve.config", "SERVE_METHODS", cli.SERVE_METHODS),
 ])
 def test_choices_read_from_source_are_their_owners_values(module, name, value):

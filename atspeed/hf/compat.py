@@ -69,6 +69,21 @@ def cache_bytes(cache: DynamicCache) -> int:
     return sum(t.numel() * t.element_size() for layer in cache_layers(cache) for t in (layer.keys, layer.values))
 
 
+def warmup_args(ratio: float) -> dict[str, float]:
+    """TrainingArguments for a linear warm-up over `ratio` of the steps: 5.x takes a float
+    `warmup_steps` < 1 as a ratio and dropped `warmup_ratio`, which 4.57 needs."""
+    if not 0 <= ratio < 1:
+        raise ValueError(f"warmup ratio must be in [0, 1), got {ratio}.")
+    return {"warmup_steps": ratio} if TRANSFORMERS_VERSION.major >= 5 else {"warmup_ratio": ratio}
+
+
+def length_grouping_args() -> dict[str, object]:
+    """TrainingArguments for batches of similar lengths (less padding): 5.x names it a sampling strategy."""
+    if TRANSFORMERS_VERSION.major >= 5:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
 def make_tokenizer_portable(folder: str | os.PathLike) -> None:
     """Rewrite a saved tokenizer_config.json so that transformers 4.57 and 5.x both load it."""
     path = Path(folder) / "tokenizer_config.json"

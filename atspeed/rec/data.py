@@ -202,6 +202,33 @@ def train_samples(ds: RecDataset, max_history: int = MAX_HISTORY) -> list[Sample
     ]
 
 
+@dataclass(frozen=True)
+class Window:
+    """A stretch of one user's train sequence read in one forward pass: every item after the first
+    is predicted from the items before it in the window (causal language modelling)."""
+
+    user: int
+    items: tuple[int, ...]  # >= 2 items
+    start: int  # position of items[0] in the user's train sequence
+
+
+def train_windows(ds: RecDataset, max_history: int = MAX_HISTORY) -> list[Window]:
+    """The train split as windows of at most `max_history` + 1 items that predict each item after a
+    user's first exactly once: the predictions of `train_samples`, in one pass per window instead of
+    one per item. A longer sequence is cut from its end, one item of overlap between windows, so an
+    item early in a later window sees fewer than `max_history` items (at least one)."""
+    if max_history < 1:
+        raise ValueError(f"max_history must be >= 1, got {max_history}.")
+    windows = []
+    for u, seq in sorted(ds.train.items()):
+        stop = len(seq)
+        while stop > 1:
+            start = max(0, stop - max_history - 1)
+            windows.append(Window(user=u, items=tuple(seq[start:stop]), start=start))
+            stop = start + 1  # the window's first item is only context: the next window predicts it
+    return windows
+
+
 def eval_cases(ds: RecDataset, split: str = "test", max_history: int = MAX_HISTORY) -> list[EvalCase]:
     """Users with >= 1 item in `split`; history = everything before that split (last `max_history`).
 

@@ -1,9 +1,18 @@
 """Train a recommender (target or draft) on next-item prediction with the Hugging Face Trainer.
 
-One training example per `train_samples` entry: the prompt is `<s>` + the history's semantic IDs,
-the answer is the next item's L tokens + `</s>`. Only the answer is supervised (the prompt's labels
-are -100), since the model is only ever asked to continue a history, never to write one; EOS is
-supervised so that a finished item ends, as the trie constraint expects.
+Two objectives, the same prompt format (`<s>` + the history's semantic IDs, oldest first):
+- "sequence" (the default): one example per `train_windows` entry, a stretch of a user's train
+  sequence read causally; every item after the first is supervised, so one forward pass trains
+  all of a user's next-item predictions (as SASRec trains). Several times cheaper per epoch.
+- "next-item": one example per `train_samples` entry; the answer is the next item's L tokens +
+  `</s>`, only the answer supervised (the prompt's labels are -100).
+Decoding generates exactly L tokens under the item trie, so neither needs EOS to end an item.
+
+With `eval_users`, the Trainer evaluates Recall/NDCG@`eval_k` of trie-constrained beam search on
+that many validation users (history = train, truth = valid) every `save_steps`, keeps the best
+checkpoint as the result, and stops early after `patience` evaluations without improvement
+(the Trainer's own best-model and early-stopping machinery; `RecTrainer.evaluate` supplies the
+metric).
 
 Checkpoints are the Trainer's own (safetensors, every `save_steps`, rotated by `save_total_limit`),
 so a stopped run resumes with its optimizer, scheduler, RNG and data position. The Trainer writes a
@@ -31,6 +40,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 from transformers import (
+    EarlyStoppingCallback,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -39,12 +49,23 @@ from transformers import (
 )
 
 from atspeed.files import write_dir, write_text
-from atspeed.hf.compat import make_tokenizer_portable
-from atspeed.rec.data import MAX_HISTORY, RecDataset, Sample, load_dataset, train_samples
+from atspeed.hf.compat import length_grouping_args, make_tokenizer_portable, warmup_args
+from atspeed.rec.data import (
+    MAX_HISTORY,
+    EvalCase,
+    RecDataset,
+    Sample,
+    Window,
+    eval_cases,
+    load_dataset,
+    train_samples,
+    train_windows,
+)
 from atspeed.rec.recipes import new_model
 from atspeed.rec.tokenizer import ItemVocab, build_tokenizer, encode_history, item_vocab
 
 IGNORE = -100  # label value the loss skips
+OBJECTIVES = ("sequence", "next-item")
 COMPLETE = "COMPLETE"  # in a checkpoint folder: its saving finished
 log = logging.getLogger(__name__)
 
@@ -64,6 +85,56 @@ class SampleDataset(Dataset):
         prompt = encode_history(self.vocab, s.history)  # [1 + L * len(history)]
         answer = [*self.vocab.tokens[s.target].tolist(), self.vocab.eos_token_id]  # [L + 1]
         return {"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer}
+
+
+class WindowDataset(Dataset):
+    """`train_windows(ds)` as token ids: input_ids = BOS + the window's items, labels = input_ids
+    except BOS and the first item (context only)."""
+
+    def __init__(self, ds: RecDataset, tokenizer: PreTrainedTokenizerBase, max_history: int = MAX_HISTORY):
+        self.windows: list[Window] = train_windows(ds, max_history)
+        self.vocab: ItemVocab = item_vocab(tokenizer, ds.index)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ids = encode_history(self.vocab, self.windows[i].items)  # [1 + L * n]
+        context = 1 + self.vocab.id_length  # BOS + the first item
+        return {"input_ids": ids, "labels": [IGNORE] * context + ids[context:]}
+
+
+def training_examples(
+    objective: str, ds: RecDataset, tokenizer: PreTrainedTokenizerBase, max_history: int = MAX_HISTORY
+) -> Dataset:
+    """The examples `objective` trains on: "sequence" -> WindowDataset, "next-item" -> SampleDataset."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"Unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}.")
+    return (WindowDataset if objective == "sequence" else SampleDataset)(ds, tokenizer, max_history)
+
+
+class RecTrainer(Trainer):
+    """The HF Trainer whose evaluation is what a recommender is for: Recall/NDCG@k of trie-constrained
+    beam search (tree attention, exactly HF's result) on `eval_dataset`, a list of EvalCase."""
+
+    def __init__(self, *args, index: dict, eval_k: int = 10, eval_batch_size: int = 64, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.index, self.eval_k, self.eval_batch_size = index, eval_k, eval_batch_size
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        from atspeed.rec.metrics import evaluate
+        from atspeed.rec.recommend import build_recommender, recommend
+
+        cases: list[EvalCase] = list(self.eval_dataset if eval_dataset is None else eval_dataset)
+        was_training = self.model.training
+        rec = build_recommender(self.model, self.processing_class, self.index)  # sets eval mode
+        out = recommend(rec, [c.history for c in cases], self.eval_k, batch_size=self.eval_batch_size)
+        self.model.train(was_training)
+        quality = evaluate(out.items, [c.truth for c in cases], ks=[self.eval_k])
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in quality.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
 
 def pad_right(features: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -96,18 +167,32 @@ def train(
     save_steps: int = 500,
     save_total_limit: int = 2,
     logging_steps: int = 50,
+    objective: str = "sequence",
+    weight_decay: float = 0.1,
+    scheduler: str = "cosine",
+    warmup_ratio: float = 0.02,
+    eval_users: int = 0,
+    eval_k: int = 10,
+    patience: int = 3,
 ) -> Path:
     """Train `model` in place on `dataset`'s train split; return `out_dir/final` (model + tokenizer).
 
     With `resume` and a complete `checkpoint-*` folder in `out_dir`, training continues from the
     latest one (then `model` only supplies the architecture: its weights are replaced by the
     checkpoint's). `max_steps` > 0 overrides `epochs`. At least 2 checkpoints are kept, so that a
-    crash while one is saved leaves the one before.
+    crash while one is saved leaves the one before. With `eval_users` > 0 the result is the
+    checkpoint with the best validation NDCG@`eval_k` (evaluated every `save_steps`), and training
+    stops after `patience` evaluations without a better one.
     """
     if save_steps < 1:
         raise ValueError(f"save_steps must be >= 1, got {save_steps}.")
     if save_total_limit is not None and save_total_limit < 2:
         raise ValueError(f"save_total_limit must be >= 2 (or None), got {save_total_limit}.")
+    if eval_users < 0:
+        raise ValueError(f"eval_users must be >= 0, got {eval_users}.")
+    examples = training_examples(objective, dataset, tokenizer)
+    validate = eval_users > 0
+    cases = eval_cases(dataset, "valid")[:eval_users] if validate else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
@@ -116,8 +201,15 @@ def train(
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         learning_rate=lr,
+        weight_decay=weight_decay,
+        lr_scheduler_type=scheduler,
+        **warmup_args(warmup_ratio),
+        **length_grouping_args(),  # windows and prompts vary in length: batch similar ones, pad less
         seed=seed,
-        eval_strategy="no",
+        eval_strategy="steps" if validate else "no",
+        eval_steps=save_steps if validate else None,
+        metric_for_best_model=f"ndcg@{eval_k}" if validate else None,
+        load_best_model_at_end=validate,
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=save_total_limit,
@@ -129,13 +221,16 @@ def train(
         dataloader_num_workers=0,  # CPU-friendly: examples are cheap to build in-process
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps (and only works) with a GPU
     )
-    trainer = Trainer(
+    trainer = RecTrainer(
         model=model,
         args=args,
-        train_dataset=SampleDataset(dataset, tokenizer),
+        train_dataset=examples,
+        eval_dataset=cases,
         data_collator=partial(pad_right, pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,  # checkpoints then hold the tokenizer too
-        callbacks=[_MarkComplete()],
+        callbacks=[_MarkComplete(), *([EarlyStoppingCallback(patience)] if validate else [])],
+        index=dataset.index,
+        eval_k=eval_k,
     )
     checkpoint = last_checkpoint(out_dir) if resume else None
     trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))

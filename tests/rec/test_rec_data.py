@@ -7,7 +7,15 @@ import os
 
 import pytest
 
-from atspeed.rec.data import RecDataset, eval_cases, load_dataset, recent, save_dataset, train_samples
+from atspeed.rec.data import (
+    RecDataset,
+    eval_cases,
+    load_dataset,
+    recent,
+    save_dataset,
+    train_samples,
+    train_windows,
+)
 
 INDEX = {  # 4 items, 4 tokens each
     "0": ["<a_0>", "<b_0>", "<c_0>", "<d_0>"],
@@ -42,6 +50,35 @@ def test_train_samples_predict_each_next_item_from_its_prefix(tmp_path):
     ds = load_dataset(write(tmp_path))
     samples = [(s.user, s.history, s.target) for s in train_samples(ds)]
     assert samples == [(1, (0,), 1), (1, (0, 1), 2)]  # user 2 has one train item: no sample
+
+
+def predictions(windows):
+    """(user, item position in the user's train sequence) for every predicted item of `windows`."""
+    return sorted((w.user, w.start + t) for w in windows for t in range(1, len(w.items)))
+
+
+def test_train_windows_predict_the_same_items_as_train_samples_each_once(tmp_path):
+    train = "1 " + " ".join(str(1 + i % 4) for i in range(47)) + "\n2 4\n3 1 2\n"
+    ds = load_dataset(write(tmp_path, train=train, valid="1\n2\n3\n", test="1\n2\n3\n"))
+    windows = train_windows(ds, max_history=20)
+    per_user = {u: sum(1 for s in train_samples(ds) if s.user == u) for u in ds.train}
+    found = predictions(windows)
+    assert len(found) == len(set(found)) == sum(per_user.values())
+    assert found == sorted((u, t) for u, seq in ds.train.items() for t in range(1, len(seq)))
+
+
+def test_a_train_window_holds_the_user_items_in_order_and_at_most_max_history_plus_one(tmp_path):
+    train = "1 " + " ".join(str(1 + i % 4) for i in range(47)) + "\n"
+    ds = load_dataset(write(tmp_path, train=train, valid="1\n", test="1\n"))
+    windows = train_windows(ds, max_history=20)
+    assert [len(w.items) for w in windows] == [21, 21, 7]  # cut from the end, one item of overlap
+    for w in windows:
+        assert w.items == ds.train[1][w.start : w.start + len(w.items)]
+
+
+def test_train_windows_refuse_a_history_of_no_items(tmp_path):
+    with pytest.raises(ValueError, match="max_history"):
+        train_windows(load_dataset(write(tmp_path)), max_history=0)
 
 
 def test_train_sample_history_keeps_only_the_most_recent_items(tmp_path):

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorLis
 from atspeed.rec.data import eval_cases
 from atspeed.rec.recipes import new_model
 from atspeed.rec.tokenizer import decode_items, encode_prompts
-from atspeed.rec.train import IGNORE, SampleDataset, pad_right, save_final, train
+from atspeed.rec.train import IGNORE, SampleDataset, WindowDataset, pad_right, save_final, train
 from atspeed.rec.trie import TrieLogitsProcessor
 
 STEPS = 40
@@ -68,6 +68,20 @@ def test_labels_supervise_only_the_answer_and_eos(samples, vocab):
         answer = [*vocab.tokens[sample.target].tolist(), vocab.eos_token_id]
         assert example["input_ids"][n_prompt:] == answer
         assert example["labels"] == [IGNORE] * n_prompt + answer
+
+
+def test_sequence_examples_supervise_every_item_after_the_first(synthetic, tokenizer, vocab):
+    windows = WindowDataset(synthetic, tokenizer)
+    for i in range(0, len(windows), 97):
+        items, example = windows.windows[i].items, windows[i]
+        ids = [vocab.bos_token_id, *vocab.tokens[list(items)].flatten().tolist()]
+        assert example["input_ids"] == ids
+        assert example["labels"] == [IGNORE] * 5 + ids[5:]  # BOS and the first item are context
+
+
+def test_an_unknown_objective_is_refused(synthetic, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="objective"):
+        train(new_model("tiny", tokenizer), tokenizer, synthetic, tmp_path, max_steps=1, objective="mlm")
 
 
 def test_collator_pads_right_and_masks_padding_in_labels():
@@ -147,3 +161,32 @@ def test_the_committed_demo_tokenizers_name_a_portable_class():
     for folder in ("synthetic-target", "synthetic-draft"):
         config = json.loads((PRETRAINED / folder / "tokenizer_config.json").read_text())
         assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def trainer_state(out: Path) -> dict:
+    last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return json.loads((last / "trainer_state.json").read_text())
+
+
+def test_validation_scores_ndcg_of_beam_search_and_the_best_checkpoint_is_the_result(synthetic, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    final = train(new_model("tiny", tokenizer), tokenizer, synthetic, tmp_path, max_steps=30, save_steps=10,
+                  lr=3e-3, eval_users=50, save_total_limit=None)
+    state = trainer_state(tmp_path)
+    scores = {e["step"]: e["eval_ndcg@10"] for e in state["log_history"] if "eval_ndcg@10" in e}
+    assert sorted(scores) == [10, 20, 30]
+    best = max(scores, key=lambda step: (scores[step], -step))  # the first of equal bests
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best}")
+    loaded = AutoModelForCausalLM.from_pretrained(final)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / f"checkpoint-{best}")
+    for a, b in zip(loaded.state_dict().values(), saved.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_training_stops_after_patience_validations_without_improvement(synthetic, tokenizer, tmp_path, monkeypatch):
+    import atspeed.rec.metrics
+
+    monkeypatch.setattr(atspeed.rec.metrics, "evaluate", lambda *a, ks: {f"ndcg@{ks[0]}": 0.5})  # never improves
+    train(new_model("tiny", tokenizer), tokenizer, synthetic, tmp_path, max_steps=50, save_steps=5, eval_users=5,
+          patience=2)
+    assert trainer_state(tmp_path)["global_step"] == 15  # best at 5, no better at 10 and 15: stop
