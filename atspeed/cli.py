@@ -165,7 +165,20 @@ DEVICE = click.option("--device", default="cpu", show_default=True)
 DTYPE = click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 KS = click.option("--ks", default="5,10,20", show_default=True, callback=_positive_ints("K"),
                   help="beam sizes K (one beam search per K)")
-MODELS = _options(_data(), _target(), _draft())
+MODELS = _options(_data(), _target(required=False, help="target model folder (default: the one committed for the "
+                                   "dataset: atspeed/rec/pretrained/<name>-target, e.g. beauty)"), _draft())
+
+
+def _models(data_dir: Path, target: Path | None, draft: Path | None) -> tuple[Path, Path | None]:
+    """--target and --draft, or the models committed for the dataset when --target is not given."""
+    if target is not None:
+        return target, draft
+    from atspeed.rec.recommend import committed_models
+
+    committed = committed_models(data_dir)
+    if committed is None:
+        raise click.UsageError(f"give --target: no model is committed for the dataset in {data_dir}.")
+    return committed[0], draft or committed[1]
 RAY = _options(
     click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
                  help="decode in this process, or on Ray Data (a pool of actors)"),
@@ -304,10 +317,11 @@ def train(data_dir: Path, out: Path, kind: str, allow_duplicate_ids: bool, **set
 @DTYPE
 @click.option("--split", type=click.Choice(EVAL_SPLITS), default="test", show_default=True)
 @click.option("--out", type=NEW_FOLDER, default=None, help="folder for results.json, results.csv and results.png")
-def evaluate(data_dir: Path, target: Path, draft: Path | None, ks: list[int], **settings) -> None:
+def evaluate(data_dir: Path, target: Path | None, draft: Path | None, ks: list[int], **settings) -> None:
     """Recall@K / NDCG@K and speed of HF beam search, tree attention and speculative decoding, side by side."""
     from atspeed.rec.experiment import evaluate_run
 
+    target, draft = _models(data_dir, target, draft)
     evaluate_run(data_dir, target, draft, ks, log=click.echo, **settings)
 
 
@@ -324,7 +338,7 @@ def evaluate(data_dir: Path, target: Path, draft: Path | None, ks: list[int], **
 @click.option("--batch-size", default=16, show_default=True, help="batch job: users decoded together")
 @RAY
 @click.option("--overwrite", is_flag=True, help="batch job: replace an existing output (atomically)")
-def recommend(data_dir: Path, target: Path, draft: Path | None, history: str | None, input_path: Path | None,
+def recommend(data_dir: Path, target: Path | None, draft: Path | None, history: str | None, input_path: Path | None,
               output: Path | None, k: int, method: str, device: str, batch_size: int, engine: str,
               overwrite: bool, **ray: object) -> None:
     """Top-K next items: for one --history (printed), or for every user of --input (written to --output)."""
@@ -334,6 +348,7 @@ def recommend(data_dir: Path, target: Path, draft: Path | None, history: str | N
         raise click.UsageError("--input needs --output (a .parquet file).")
     from atspeed.rec.recommend import check_k, check_method
 
+    target, draft = _models(data_dir, target, draft)
     with _about("--draft"):
         check_method(method, has_draft=draft is not None)
     num_items = count_items(data_dir, allow_duplicate_ids=True)

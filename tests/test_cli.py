@@ -159,3 +159,21 @@ def test_demo_uses_the_committed_models_by_default(tmp_path):
     assert "committed weights" in out and "training" not in out
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert all(r["mismatches"] == 0 for r in results if r["method"] in ("tree", "speculative"))
+
+
+def test_recommend_without_target_uses_the_models_committed_for_the_dataset(synthetic_dir):
+    from atspeed.rec.recommend import PRETRAINED
+
+    history = ("--history", "3 17 42", "-k", 4)
+    default = run("recommend", "--data", synthetic_dir, *history).stdout
+    assert default == run("recommend", "--data", synthetic_dir, "--target", PRETRAINED / "synthetic-target",
+                          *history).stdout
+
+
+def test_without_target_a_dataset_with_no_committed_model_is_a_usage_error(data_dir, tmp_path):
+    import shutil
+
+    other = shutil.copytree(data_dir, tmp_path / "shop")
+    (other / "synthetic.index.json").rename(other / "shop.index.json")
+    result = run("recommend", "--data", other, "--history", "3", ok=False)
+    assert result.exit_code == 2 and "give --target" in result.output

@@ -147,6 +147,17 @@ def load_recommender(
     return build_recommender(target, tokenizer, index, draft)
 
 
+def committed_models(data_dir: str | os.PathLike) -> tuple[Path, Path | None] | None:
+    """The committed target (and draft, if there is one) trained on `data_dir`'s dataset: folders
+    `<name>-target` / `<name>-draft` under PRETRAINED, `<name>` from its `<name>.index.json`; None
+    when none was committed for it. Lets `atspeed evaluate --data DIR` run without training."""
+    name = find_index_file(data_dir).name.removesuffix(".index.json")
+    target, draft = PRETRAINED / f"{name}-target", PRETRAINED / f"{name}-draft"
+    if not (target / "config.json").exists():
+        return None
+    return target, draft if (draft / "config.json").exists() else None
+
+
 def model_dir(path: str | os.PathLike) -> Path:
     """A model folder, or a training output folder holding `final/`."""
     path = Path(path)
