@@ -1,4 +1,5 @@
-"""The HTTP service: FastAPI routes over one loaded `Recommender` and its `Batcher`.
+"""The HTTP service: FastAPI routes over a decoder, either one loaded `Recommender` and its `Batcher`
+in this process (`create_app`), or model replicas on Ray Serve (`atspeed.serve.ray_serve`).
 
     POST /recommend         one user's top-K items
     POST /recommend/batch   many users, one K
@@ -8,7 +9,8 @@
 
 Bad input is answered with a 4xx and `{"error": kind, "detail": what and where}`: the checks are
 `atspeed.rec.recommend`'s own (`check_k`, `check_histories`), plus the service's bounds on request
-size. The decode runs in the batcher's worker thread, never on the event loop.
+size. The decode runs in the batcher's worker thread (in this process or in each Ray replica), never
+on the event loop.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -47,25 +50,67 @@ class RequestError(Exception):
         self.status, self.kind, self.detail, self.headers = status, kind, detail, headers
 
 
+class Decoder(Protocol):
+    """Where the app's checked requests are decoded: this process's batcher (`LocalDecoder`), or model
+    replicas on Ray Serve (`atspeed.serve.ray_serve`). The routes, checks and errors are the app's."""
+
+    async def start(self, metrics: Metrics) -> None:
+        """Called once by the app's startup, before it reports ready."""
+
+    async def answer(self, history: Sequence[int], k: int) -> Answer:
+        """One checked request's top-k; a RequestError for a refusal the client should see."""
+
+    async def close(self) -> None:
+        """Called once at shutdown, after the server stopped taking requests."""
+
+
+class LocalDecoder:
+    """Dynamic batching in this process: a `Batcher` over `recommend()`, warmed up before it starts."""
+
+    def __init__(self, rec: Recommender, config: ServeConfig) -> None:
+        self.rec, self.config = rec, config
+        self.batcher: Batcher | None = None
+
+    async def start(self, metrics: Metrics) -> None:
+        config = self.config
+        decode = partial(_decode, self.rec, config.method, config.max_batch)
+        batcher = Batcher(decode, max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000,
+                          on_batch=metrics.on_batch)
+        await asyncio.to_thread(_warm_up, decode, self.rec.num_items)
+        batcher.start()
+        metrics.queued.set_function(lambda: batcher.queued)
+        self.batcher = batcher
+
+    async def answer(self, history: Sequence[int], k: int) -> Answer:
+        if self.batcher is None:
+            raise RequestError(503, "not_ready", "The models are not loaded yet.", {"Retry-After": "1"})
+        try:
+            return await self.batcher.submit(history, k)
+        except BatcherClosed as e:
+            raise RequestError(503, "shutting_down", str(e), {"Retry-After": "1"}) from None
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+
+
 def create_app(rec: Recommender, config: ServeConfig | None = None, item_keys: Sequence | None = None) -> FastAPI:
     """The service for a loaded recommender; `item_keys[i]` is item i's original key, if known."""
     config = config or ServeConfig()
+    return build_app(LocalDecoder(rec, config), rec.num_items, config, item_keys)
+
+
+def build_app(decoder: Decoder, num_items: int, config: ServeConfig, item_keys: Sequence | None = None) -> FastAPI:
+    """The routes over any decoder of a catalogue of `num_items` items (create_app: the local one)."""
     metrics = Metrics()
-    decode = partial(_decode, rec, config.method, config.max_batch)
-    batcher_box: dict[str, Batcher] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher = Batcher(decode, max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000,
-                          on_batch=metrics.on_batch)
-        await asyncio.to_thread(_warm_up, decode, rec.num_items)
-        batcher.start()
-        metrics.queued.set_function(lambda: batcher.queued)
-        batcher_box["batcher"] = batcher
+        await decoder.start(metrics)
         app.state.ready = True
         yield
-        app.state.ready = False  # uvicorn has stopped taking connections and finished in-flight requests
-        await batcher.close()
+        app.state.ready = False  # the server has stopped taking connections and finished in-flight requests
+        await decoder.close()
 
     app = FastAPI(title="atspeed", summary="Top-K next items by trie-constrained beam search, batched on the fly",
                   lifespan=lifespan, responses={code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)})
@@ -73,12 +118,9 @@ def create_app(rec: Recommender, config: ServeConfig | None = None, item_keys: S
     app.state.metrics = metrics
 
     async def answer(history: Sequence[int], k: int) -> Answer:
-        if "batcher" not in batcher_box or not app.state.ready:
+        if not app.state.ready:
             raise RequestError(503, "not_ready", "The models are not loaded yet.", {"Retry-After": "1"})
-        try:
-            return await batcher_box["batcher"].submit(history, k)
-        except BatcherClosed as e:
-            raise RequestError(503, "shutting_down", str(e), {"Retry-After": "1"}) from None
+        return await decoder.answer(history, k)
 
     def result(user: object, a: Answer) -> Recommendation:
         keys = [item_keys[i] for i in a.items] if item_keys is not None else None
@@ -87,7 +129,7 @@ def create_app(rec: Recommender, config: ServeConfig | None = None, item_keys: S
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
     async def recommend_one(body: RecommendRequest, request: Request) -> RecommendResponse:
         """The top-K items for one user's history."""
-        _check(config, rec.num_items, [body.history], body.k)
+        _check(config, num_items, [body.history], body.k)
         a = await answer(body.history, body.k)
         return RecommendResponse(**result(body.user, a).model_dump(), method=config.method, k=body.k,
                                  latency_ms=_ms_since(request))
@@ -98,7 +140,7 @@ def create_app(rec: Recommender, config: ServeConfig | None = None, item_keys: S
         if len(body.users) > config.max_users:
             raise RequestError(413, "batch_too_large",
                                f"{len(body.users)} users in one request; the limit is {config.max_users}.")
-        _check(config, rec.num_items, [u.history for u in body.users], body.k)
+        _check(config, num_items, [u.history for u in body.users], body.k)
         answers = await asyncio.gather(*(answer(u.history, body.k) for u in body.users))
         return BatchResponse(results=[result(u.user, a) for u, a in zip(body.users, answers, strict=True)],
                              method=config.method, k=body.k, latency_ms=_ms_since(request))
@@ -107,7 +149,7 @@ def create_app(rec: Recommender, config: ServeConfig | None = None, item_keys: S
     async def health() -> JSONResponse:
         """200 when the models are loaded and warmed up (a load balancer's readiness check)."""
         ready = bool(app.state.ready)
-        body = {"status": "ok" if ready else "unavailable", "method": config.method, "items": rec.num_items,
+        body = {"status": "ok" if ready else "unavailable", "method": config.method, "items": num_items,
                 "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms}
         return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -1,14 +1,17 @@
 """Service test helpers: an in-process client (httpx over ASGI, the app's lifespan run around it: no
-sockets) and a Prometheus sample reader. A module of its own: `conftest` names several modules."""
+sockets), a Prometheus sample reader, a free port, and the check that an answer is `recommend()`'s.
+A module of its own: `conftest` names several modules."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import torch
 
-from atspeed.rec.recommend import Recommender
+from atspeed.rec.recommend import Recommender, recommend
 from atspeed.serve.app import create_app
 from atspeed.serve.config import ServeConfig
 
@@ -29,3 +32,21 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expected(rec: Recommender, history, k: int, method: str = "tree"):
+    """recommend() for this one history: (items, scores)."""
+    out = recommend(rec, [history], k, method=method)
+    return out.items[0], out.scores[0]
+
+
+def assert_same(answer: dict, items, scores) -> None:
+    """Same items, same scores up to float32 rounding (a batch pads its prompts: sums round differently)."""
+    assert answer["items"] == items
+    torch.testing.assert_close(torch.tensor(answer["scores"]), scores, rtol=0, atol=1e-4)

@@ -6,23 +6,9 @@ import asyncio
 
 import httpx
 import pytest
-import torch
-from serve_helpers import metric, served
+from serve_helpers import assert_same, expected, metric, served
 
-from atspeed.rec.recommend import recommend
 from atspeed.serve.app import create_app
-
-
-def expected(rec, history, k, method="tree"):
-    """recommend() for this one history: (items, scores)."""
-    out = recommend(rec, [history], k, method=method)
-    return out.items[0], out.scores[0]
-
-
-def assert_same(answer: dict, items, scores) -> None:
-    """Same items, same scores up to float32 rounding (a batch pads its prompts: sums round differently)."""
-    assert answer["items"] == items
-    torch.testing.assert_close(torch.tensor(answer["scores"]), scores, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("max_batch", [1, 8])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import metric
+from serve_helpers import free_port, metric
 
 from atspeed.serve.main import main
 
 STARTUP_S = 120  # importing torch and transformers on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_healthy(base: str, proc: subprocess.Popen) -> None:
