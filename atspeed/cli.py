@@ -476,6 +476,7 @@ def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, dra
 # serve
 
 SERVE_METHODS = _names("atspeed.serve.config", "SERVE_METHODS")
+SERVE_ENGINES = _names("atspeed.serve.config", "SERVE_ENGINES")
 
 
 @main.command()
@@ -495,8 +496,16 @@ SERVE_METHODS = _names("atspeed.serve.config", "SERVE_METHODS")
 @click.option("--max-users", type=click.IntRange(min=1), default=256, show_default=True,
               help="users per /recommend/batch call")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads for decoding")
+@click.option("--engine", type=click.Choice(SERVE_ENGINES), default="local", show_default=True,
+              help="uvicorn in this process, or Ray Serve: model replicas behind its HTTP proxy")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ray: model replicas, each loads the models once and batches its own requests")
+@click.option("--gpus-per-replica", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--cpus-per-replica", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--ray-address", default=None, help="Ray: a running cluster (default: start a local one)")
 def serve(data_dir: Path | None, **settings: object) -> None:
-    """An HTTP JSON service: top-K items per history, concurrent requests batched (POST /recommend, /docs)."""
+    """An HTTP JSON service: top-K items per history, concurrent requests batched (POST /recommend, /docs);
+    `--engine ray` runs it on Ray Serve (replicas on a local Ray, or a cluster with --ray-address)."""
     from atspeed.serve import ServeConfig
     from atspeed.serve import serve as run_service
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SERVE_METHODS = ("tree", "speculative", "hf")  # exact beam search: the same list for the same history
+SERVE_ENGINES = ("local", "ray")  # uvicorn in this process, or Ray Serve replicas
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,12 @@ class ServeConfig:
     max_history: int = 200  # items per request (the model reads the last 20)
     max_users: int = 256  # users per /recommend/batch call
     max_body_bytes: int = 1 << 20  # request bodies above this are refused before parsing
-    threads: int | None = None  # torch threads for decoding (None: torch's default)
+    threads: int | None = None  # torch threads for decoding (None: torch's default; Ray: the replica's CPUs)
+    engine: str = "local"
+    replicas: int = 1  # Ray: model replicas, each loads the models once and batches its own requests
+    gpus_per_replica: float = 0.0  # Ray: > 0 decodes on the replica's GPU (fractions share one)
+    cpus_per_replica: float = 1.0
+    ray_address: str | None = None  # Ray: a running cluster (None: RAY_ADDRESS, else a local Ray)
 
     def check(self) -> None:
         """Settings errors before anything is loaded, naming the option."""
@@ -40,3 +46,10 @@ class ServeConfig:
             raise ValueError(f"--port must be between 0 and 65535, got {self.port}.")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}.")
+        if self.engine not in SERVE_ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(SERVE_ENGINES)}, got {self.engine!r}.")
+        if self.replicas < 1:
+            raise ValueError(f"--replicas must be >= 1, got {self.replicas}.")
+        for name in ("gpus_per_replica", "cpus_per_replica"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
