@@ -43,6 +43,7 @@ def test_help_and_argument_errors_do_not_import_torch(args):
     ("atspeed.rec.experiment", "DEMO_RECIPES", cli.DEMO_RECIPES),
     ("atspeed.rec.train", "OBJECTIVES", cli.OBJECTIVES),
     ("atspeed.serve.config", "SERVE_METHODS", cli.SERVE_METHODS),
+    ("atspeed.serve.config", "SERVE_ENGINES", cli.SERVE_ENGINES),
 ])
 def test_choices_read_from_source_are_their_owners_values(module, name, value):
     assert tuple(getattr(importlib.import_module(module), name)) == value
