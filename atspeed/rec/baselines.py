@@ -1,0 +1,58 @@
+"""Non-generative reference points for the evaluation table: most-popular items.
+
+A generative recommender's Recall@K means little alone; the same numbers for "recommend what
+everyone buys" (same split, same `atspeed.rec.metrics.evaluate`) show how much of it is sequence
+modelling and how much is item popularity. SASRec, the sequential baseline, lives in
+`benchmarks/sasrec.py` because it trains its own model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from atspeed.rec.data import SPLITS, EvalCase, RecDataset
+
+
+def popularity(ds: RecDataset, k: int, splits: Sequence[str] = ("train", "valid")) -> list[int]:
+    """The `k` items that occur most often in `splits` (every occurrence counts), ties broken by
+    lower item id so the list is the same on every run. Items never seen fill the tail in id order
+    when `k` exceeds the seen items, so `k = ds.num_items` ranks the whole catalogue.
+
+    The default splits are those before the test split: counting the test items would leak them.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}.")
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise ValueError(f"unknown split(s) {bad}; expected some of {list(SPLITS)}.")
+    counts = Counter(item for s in splits for seq in getattr(ds, s).values() for item in seq)
+    ranked = sorted(range(ds.num_items), key=lambda item: (-counts[item], item))
+    return ranked[:k]
+
+
+def popularity_lists(
+    ds: RecDataset,
+    cases: Sequence[EvalCase],
+    k: int,
+    splits: Sequence[str] = ("train", "valid"),
+    *,
+    exclude_history: bool = False,
+) -> list[list[int]]:
+    """One top-`k` popularity list per case, for `evaluate(lists, [c.truth for c in cases])`.
+
+    By default every user gets the same list, history items included: our beam search may also
+    recommend an item from the user's history, so both are scored on the same terms.
+    `exclude_history=True` drops each user's history items and fills up from further down the
+    ranking, the convention of papers that never re-recommend a bought item. On Beauty no test
+    item is in its user's history, so excluding can only help (slightly: Recall@10 0.0087 -> 0.0090).
+    """
+    if not exclude_history:
+        top = popularity(ds, k, splits)
+        return [list(top) for _ in cases]
+    ranked = popularity(ds, ds.num_items, splits)
+    lists = []
+    for case in cases:
+        seen = set(case.history)
+        lists.append([item for item in ranked if item not in seen][:k])
+    return lists
