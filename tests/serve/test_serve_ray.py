@@ -112,25 +112,33 @@ def test_bad_input_on_ray_serve_gets_the_same_4xx(base):
     assert response.status_code == 422 and response.json()["error"] == "invalid_history"
 
 
-def test_a_killed_replica_costs_clean_503s_and_is_replaced(base, rec, histories):
-    victim, survivor = sorted(replica_pids(2, 60))
-    outcomes = asyncio.run(load_while_killing(base, histories[:8], victim))
-
+def check_outcomes(outcomes: list, answers: dict) -> list[httpx.Response]:
+    """Nothing hung, every answer is a correct 200 or a clean 503; returns the 503s."""
     assert "timeout" not in outcomes
     codes = [o.status_code for o in outcomes]
     assert set(codes) <= {200, 503}, [o.text for o in outcomes if o.status_code not in (200, 503)]
     refused = [o for o in outcomes if o.status_code == 503]
-    assert refused, "no request was in flight on the killed replica"
     assert all(o.headers.get("retry-after") == "1" and o.json()["error"] == "replica_unavailable" for o in refused)
     assert codes.count(200) > len(refused)  # the other replica kept answering
-    answers = {tuple(h): expected(rec, h, K) for h in histories[:8]}
     for o in outcomes:
         if o.status_code == 200:
             assert_same(o.json(), *answers[tuple(json.loads(o.request.content)["history"])])
+    return refused
 
-    assert survivor in replica_pids(2, RECOVERY_S, avoid=victim)  # a new replica beside the survivor
+
+def test_a_killed_replica_costs_clean_503s_and_is_replaced(base, rec, histories):
+    answers = {tuple(h): expected(rec, h, K) for h in histories[:8]}
+    refused: list[httpx.Response] = []
+    for _ in range(3):  # on a loaded machine a kill can fall between two requests: then kill again
+        victim, survivor = sorted(replica_pids(2, RECOVERY_S))
+        refused = check_outcomes(asyncio.run(load_while_killing(base, histories[:8], victim)), answers)
+        assert survivor in replica_pids(2, RECOVERY_S, avoid=victim)  # a new replica beside the survivor
+        if refused:
+            break
+    assert refused, "no request was in flight on the killed replica, in 3 kills"
+
     assert httpx.get(f"{base}/health", timeout=CLIENT_TIMEOUT_S).status_code == 200
-    answers = asyncio.run(post_all(base, histories[:8]))
-    for answer, history in zip(answers, histories[:8], strict=True):
+    after = asyncio.run(post_all(base, histories[:8]))
+    for answer, history in zip(after, histories[:8], strict=True):
         assert answer.status_code == 200, answer.text
-        assert_same(answer.json(), *expected(rec, history, K))
+        assert_same(answer.json(), *answers[tuple(history)])
