@@ -28,21 +28,19 @@ import transformers
 from atspeed.files import write_text
 from atspeed.rec.baselines import popularity_lists
 from atspeed.rec.data import eval_cases, load_dataset
+from atspeed.rec.evaluate import evaluate_decoding
 from atspeed.rec.metrics import evaluate
-from atspeed.rec.recommend import build_recommender, load_recommender, recommend
+from atspeed.rec.recommend import build_recommender, load_recommender
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def beam_search_quality(rec, cases, ks, batch_size: int) -> tuple[dict[str, float], float]:
-    """Recall/NDCG at each K (one beam search with K beams per K) and the decoding seconds."""
-    truths = [c.truth for c in cases]
-    quality, seconds = {}, 0.0
-    for k in ks:
-        out = recommend(rec, [c.history for c in cases], k, method="tree", batch_size=batch_size, progress=True)
-        quality.update(evaluate(out.items, truths, ks=[k]))
-        seconds += out.seconds
-    return quality, seconds
+    """Recall/NDCG at each K (one beam search with K beams per K: `evaluate_decoding`'s tree rows)
+    and the decoding seconds."""
+    rows = evaluate_decoding(rec, cases, ks, ["tree"], batch_size=batch_size)
+    quality = {f"{metric}@{r.k}": getattr(r, metric) for r in rows for metric in ("recall", "ndcg")}
+    return quality, sum(r.ms_per_user * r.users for r in rows) / 1e3
 
 
 def table(rows: dict[str, dict[str, float]], ks) -> str:
