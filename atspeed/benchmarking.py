@@ -77,9 +77,10 @@ def decode_roofline_s(model: torch.nn.Module, peak: Peak, batch: int, prompt: in
 
 # -- the engine benchmark ---------------------------------------------------------------------------
 
-ENGINE_METHODS = ("hf", "hf-static", "tree", "engine", "engine+sd", "engine+sd-noisy")
+ENGINE_METHODS = ("hf", "hf-static", "tree", "engine-hf", "engine", "engine+sd", "engine+sd-noisy")
+# "engine-hf": the engine on HF's model forward instead of the lean one (atspeed.hf.lean);
 # "engine-eager": the static engine without CUDA graph capture (on a CPU it is what "engine" runs)
-ALL_ENGINE_METHODS = ("hf", "hf-static", "tree", "engine", "engine+sd", "engine+sd-noisy", "engine-eager")
+ALL_ENGINE_METHODS = ("hf", "hf-static", "tree", "engine-hf", "engine", "engine+sd", "engine+sd-noisy", "engine-eager")
 
 
 @dataclass
@@ -111,6 +112,11 @@ def engine_cell(
     """Time every method on the same `batch` random prompts (no padding) at K = `beams`."""
     from atspeed.beamsd import beam_search_by_SD
     from atspeed.hf.generate import generate_with_tree_attention
+    from atspeed.hf.lean import hf_forward
+
+    def hf_forward_run(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        with hf_forward():
+            return fn()
 
     device = next(target.parameters()).device
     g = torch.Generator().manual_seed(batch * 1000 + beams)
@@ -129,6 +135,9 @@ def engine_cell(
         "hf-static": lambda: target.generate(**inputs, **common, cache_implementation="static"),
         "tree": lambda: generate_with_tree_attention(target, always_beam=True, engine="dynamic", **inputs, **common),
         "engine": lambda: generate_with_tree_attention(target, always_beam=True, **inputs, **common),
+        "engine-hf": lambda: hf_forward_run(
+            lambda: generate_with_tree_attention(target, always_beam=True, **inputs, **common)
+        ),
         "engine-eager": lambda: generate_with_tree_attention(
             target, always_beam=True, engine="static", **inputs, **common
         ),

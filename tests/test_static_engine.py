@@ -34,6 +34,7 @@ from atspeed.decoding.beam import BeamConfig
 from atspeed.decoding.static import decode, num_slots
 from atspeed.hf.generate import generate_with_tree_attention
 from atspeed.hf.graphs import capture_unsupported, planned_beam_search
+from atspeed.hf.lean import slot_lm
 from atspeed.hf.model import TreeLM
 from atspeed.hf.slot_cache import SlotCache
 from atspeed.rec.trie import TrieLogitsProcessor, build_trie
@@ -188,7 +189,7 @@ def test_decode_unit_never_syncs_with_the_host(arch):
     n, K, T = inputs["input_ids"].shape[1], 8, 3
     cfg = BeamConfig(num_beams=K, prompt_len=n, max_length=n + T, num_eos=1)
     stopping = StoppingCriteriaList([MaxLengthCriteria(n + T), EosTokenCriteria(torch.tensor([2]))])
-    lm = TreeLM(m, SlotCache(num_slots(n, K, T)))
+    lm = slot_lm(m, num_slots(n, K, T))  # the lean forward where the engine uses it, else HF's
     with torch.inference_mode(), ForbidHostSync():
         state, _ = decode(lm, inputs["input_ids"], inputs["attention_mask"], cfg, trie_processor(64, n), stopping)
     assert state.cur_len == n + T

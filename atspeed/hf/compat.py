@@ -12,6 +12,8 @@
   below: they are the lines a transformers release breaks first.
 - The static engine's SlotLayer (atspeed.hf.slot_cache) takes update()'s arguments as *args /
   **kwargs: 4.57 passes cache_kwargs, 5.x keyword arguments.
+- The lean forward (atspeed.hf.lean) calls the attention function a model's config names from the
+  registry both versions keep in `transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ def forward_params(model: torch.nn.Module) -> frozenset[str]:
 def cache_kwarg(model: torch.nn.Module) -> str:
     """Name of the forward argument that takes the KV cache."""
     return "cache" if "cache" in forward_params(model) else "past_key_values"
+
+
+def attention_function(model: torch.nn.Module) -> Any:
+    """The attention function HF's layers call for this model (e.g. its SDPA wrapper)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
 
 
 def new_cache() -> DynamicCache:

@@ -22,8 +22,8 @@ from atspeed.hf import compat
 from atspeed.hf.checks import check_generation_request, check_inputs
 from atspeed.hf.engine import ENGINES, new_tokens, static_unsupported
 from atspeed.hf.graphs import capture_unsupported, planned_beam_search
-from atspeed.hf.model import TreeLM, check_tree_support, model_device
-from atspeed.hf.slot_cache import SlotCache
+from atspeed.hf.lean import slot_lm, tree_lm
+from atspeed.hf.model import check_tree_support, model_device
 
 # generate() options that tree-attention beam search does not implement: refuse, never ignore.
 UNSUPPORTED_GENERATE_KWARGS = {
@@ -161,17 +161,17 @@ def run_beam_search(
         return result
     record = dict(output_scores=output_scores, output_logits=output_logits)
     if reason is None:
-        lm = TreeLM(model, SlotCache(num_slots(req.cfg.prompt_len, req.cfg.num_beams, new_tokens(req.cfg))))
+        lm = slot_lm(model, num_slots(req.cfg.prompt_len, req.cfg.num_beams, new_tokens(req.cfg)))
         result = static_beam_search(lm, *args, **common, **record)
         result.stats.update(
             engine="static" + (f" (no graph: {no_graph})" if model_device(model).type == "cuda" else ""),
             peak_cache_bytes=lm.cache_bytes,
         )
     else:
-        lm = TreeLM(model)
+        lm = tree_lm(model)
         result = tree_beam_search(lm, *args, **common, **record)
         result.stats.update(engine=f"dynamic: {reason}")
-    result.stats.update(target_calls=lm.forward_calls, target_tokens=lm.tokens_processed)
+    result.stats.update(target_calls=lm.forward_calls, target_tokens=lm.tokens_processed, forward=lm.forward_kind)
     return result
 
 

@@ -1,7 +1,7 @@
 """Captured decodes: the static engine's whole decode of one request shape as one CUDA graph.
 
 gpt-fast's split: `DecodePlan.__init__` allocates the static buffers (prompt, attention mask, the
-SlotCache) and captures `atspeed.decoding.static.decode` once; `__call__` copies a new request into
+slot cache) and captures `atspeed.decoding.static.decode` once; `__call__` copies a new request into
 the buffers, replays, and finalizes outside the graph (the one host sync). A plan is reused for
 every later request of the same shape, so the first call of a shape pays the capture.
 
@@ -25,8 +25,7 @@ import torch
 from atspeed.decoding.beam import BeamConfig, BeamState
 from atspeed.decoding.static import decode, num_slots
 from atspeed.decoding.tree_search import BeamSearchResult, StepRecord, search_result
-from atspeed.hf.model import TreeLM
-from atspeed.hf.slot_cache import SlotCache
+from atspeed.hf.lean import slot_lm
 
 MAX_PLANS_PER_MODEL = 16  # least recently used plans are dropped beyond this (their memory with them)
 _CAPTURED_STOPPING = ("MaxLengthCriteria", "EosTokenCriteria")
@@ -86,7 +85,7 @@ class DecodePlan:
         self.cfg, self.capture = cfg, capture
         self.input_ids = torch.zeros(batch, P, dtype=torch.int64, device=device)
         self.attention_mask = torch.ones(batch, P, dtype=torch.int64, device=device)
-        self.lm = TreeLM(model, SlotCache(num_slots(P, cfg.num_beams, T)))
+        self.lm = slot_lm(model, num_slots(P, cfg.num_beams, T))
         self._run = lambda: decode(
             self.lm,
             self.input_ids,
@@ -166,6 +165,7 @@ def planned_beam_search(
         target_calls=T,
         target_tokens=int(attention_mask.numel()) + (T - 1) * cfg.num_beams * input_ids.shape[0],
         peak_cache_bytes=plan.lm.cache_bytes,
+        forward=plan.lm.forward_kind,
     )
     # the plan's buffers are overwritten by the next request
     result.sequences, result.sequences_scores, result.beam_indices = (

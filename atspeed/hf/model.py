@@ -3,6 +3,8 @@ explicit position ids and a KV cache that the decoding core may compact."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers.cache_utils import DynamicCache
 
@@ -81,10 +83,16 @@ class TreeLM:
         self.dtype = model_dtype(model)
         self.forward_calls = 0
         self.tokens_processed = 0
+        # set by atspeed.hf.lean.tree_lm where it is bit-identical to the HF forward: runs every
+        # forward that has an explicit 4D mask (all but a dynamic prefill)
+        self.lean_forward: Callable | None = None
+        self.forward_kind = "hf"
 
     def _run(self, input_ids, attention_mask, position_ids, logits_to_keep: int) -> torch.Tensor:
         self.forward_calls += 1
         self.tokens_processed += input_ids.numel()
+        if self.lean_forward is not None and attention_mask is not None and attention_mask.dim() == 4:
+            return self.lean_forward(self.model, self.cache, input_ids, position_ids, attention_mask, logits_to_keep)
         kwargs = {self.cache_kwarg: self.cache}
         if self.takes_logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep

@@ -16,8 +16,8 @@ from atspeed.decoding.static_speculative import layout, static_speculative_beam_
 from atspeed.hf import compat
 from atspeed.hf.engine import CPU_SPECULATIVE_REASON, ENGINES, row_processor, static_speculative_unsupported
 from atspeed.hf.generate import TreeBeamOutput, prepare_request
-from atspeed.hf.model import TreeLM, UnsupportedModelError, check_tree_support, max_positions, model_device
-from atspeed.hf.slot_cache import SlotCache
+from atspeed.hf.lean import slot_lm, tree_lm
+from atspeed.hf.model import UnsupportedModelError, check_tree_support, max_positions, model_device
 
 
 def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_beams: int, draft_beams: int, gamma: int) -> None:
@@ -114,7 +114,7 @@ def speculative_generate(
         raise NotImplementedError(f"the static engine cannot run this request: {reason}.")
     if reason is None:
         slots = layout(req.cfg, draft_beams, schedule.gamma).num_slots
-        target, draft = TreeLM(model, SlotCache(slots)), TreeLM(draft_model, SlotCache(slots))
+        target, draft = slot_lm(model, slots), slot_lm(draft_model, slots)
         result = static_speculative_beam_search(
             target,
             draft,
@@ -130,7 +130,7 @@ def speculative_generate(
         )
         result.stats["engine"] = "static"
     else:
-        target, draft = TreeLM(model), TreeLM(draft_model)
+        target, draft = tree_lm(model), tree_lm(draft_model)
         result = speculative_beam_search(
             target,
             draft,
@@ -153,6 +153,8 @@ def speculative_generate(
         target_tokens=target.tokens_processed,
         draft_calls=draft.forward_calls,
         draft_tokens=draft.tokens_processed,
+        forward=target.forward_kind,
+        draft_forward=draft.forward_kind,
     )
     return TreeBeamOutput(
         sequences=result.sequences,

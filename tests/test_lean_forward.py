@@ -1,0 +1,113 @@
+"""The engine's lean forward: HF's modules and kernels called directly, bit-identical to HF's forward.
+
+It runs only where it has been checked to equal the HF forward (Llama-family models on SDPA); every
+other model keeps the HF forward, and the decode's stats say which forward ran and why.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import ARCHS, batch, make_model
+
+from atspeed.decoding.static import num_slots
+from atspeed.decoding.tree import additive_mask, prompt_inputs
+from atspeed.hf import lean
+from atspeed.hf.generate import generate_with_tree_attention
+from atspeed.hf.lean import hf_forward, lean_unsupported, slot_lm, tree_lm
+from atspeed.hf.model import TreeLM
+from atspeed.hf.slot_cache import SlotCache
+
+LLAMA_FAMILY = [a for a in ARCHS if a != "gpt2"]
+GEN = dict(max_new_tokens=3, num_beams=4, num_return_sequences=4, return_dict_in_generate=True, always_beam=True)
+
+
+def feed_tree(lm, inputs, K: int = 3):
+    """Prefill a left-padded batch, then one level of K tree nodes: the logits of both writes."""
+    ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+    B, P = ids.shape
+    visible, positions = prompt_inputs(attention_mask)
+    first = lm.write(ids, positions, additive_mask(visible, lm.dtype), start=0)
+    rows = torch.zeros(B, K, P + K, dtype=torch.bool)
+    rows[:, :, :P] = attention_mask.bool()[:, None]
+    rows[:, :, P:] = torch.eye(K, dtype=torch.bool)
+    level_positions = attention_mask.sum(-1, keepdim=True).expand(B, K)
+    second = lm.write(ids[:, -K:], level_positions, additive_mask(rows, lm.dtype), start=P)
+    return first, second
+
+
+@pytest.mark.parametrize("arch", LLAMA_FAMILY)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lean_logits_equal_the_hf_forward_bit_for_bit(arch, dtype):
+    m, inputs = make_model(arch).to(dtype), batch((9, 5, 7))
+    slots = num_slots(9, 3, 2)
+    with torch.inference_mode():
+        lean_lm, hf_lm = slot_lm(m, slots), TreeLM(m, SlotCache(slots))
+        assert lean_lm.forward_kind == "lean"
+        for ours, theirs in zip(feed_tree(lean_lm, inputs), feed_tree(hf_lm, inputs)):
+            assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("arch", LLAMA_FAMILY)
+def test_llama_family_models_decode_on_the_lean_forward(arch):
+    out = generate_with_tree_attention(make_model(arch), **batch((6, 4)), **GEN)
+    assert out.stats["forward"] == "lean"
+
+
+@pytest.mark.parametrize("engine", ["static", "dynamic"])
+def test_lean_and_hf_forwards_give_the_same_beams(engine):
+    m, inputs = make_model("qwen2", seed=3), batch((8, 5, 6))
+    lean_out = generate_with_tree_attention(m, **inputs, **GEN, output_scores=True, engine=engine)
+    with hf_forward():
+        hf_out = generate_with_tree_attention(m, **inputs, **GEN, output_scores=True, engine=engine)
+    assert lean_out.stats["forward"] == "lean"
+    assert hf_out.stats["forward"] == "hf: the HF forward was asked for (hf_forward())"
+    assert torch.equal(lean_out.sequences, hf_out.sequences)
+    assert torch.equal(lean_out.sequences_scores, hf_out.sequences_scores)
+
+
+def test_gpt2_keeps_the_hf_forward_and_says_why():
+    out = generate_with_tree_attention(make_model("gpt2"), **batch((6, 4)), **GEN)
+    assert out.stats["forward"] == "hf: model type 'gpt2' is not one of llama, mistral, qwen2, qwen3"
+
+
+def test_eager_attention_keeps_the_hf_forward():
+    assert "attn_implementation='eager'" in lean_unsupported(make_model(attn_implementation="eager"))
+
+
+def test_a_model_in_training_mode_keeps_the_hf_forward():
+    assert lean_unsupported(make_model().train()) == "the model is in training mode (dropout)"
+
+
+def test_a_model_with_forward_hooks_keeps_the_hf_forward():
+    m = make_model()
+    m.register_forward_pre_hook(lambda module, args: None)
+    assert lean_unsupported(m) == "the model has forward hooks, which only its own forward runs"
+
+
+def test_a_lean_forward_that_disagrees_with_hf_is_not_used(monkeypatch):
+    honest = lean.lean_forward
+    monkeypatch.setattr(lean, "lean_forward", lambda *args: honest(*args) * (1 + 1e-5))
+    lm = tree_lm(make_model(seed=7))
+    assert lm.forward_kind == "hf: its logits differ from the HF forward's on a check tree"
+    assert lm.lean_forward is None
+
+
+def test_the_check_runs_again_when_the_model_changes_dtype(monkeypatch):
+    m, checked = make_model(seed=8), []
+    honest = lean._differs_from_hf
+    monkeypatch.setattr(lean, "_differs_from_hf", lambda model: checked.append(1) or honest(model))
+    lean_unsupported(m), lean_unsupported(m)
+    lean_unsupported(m.float())
+    assert len(checked) == 2
+
+
+def test_lean_forward_writes_the_slot_cache_in_place():
+    m, inputs = make_model(), batch((6, 3))
+    lm, addresses = slot_lm(m, num_slots(6, 3, 2)), []
+    with torch.inference_mode():
+        for _ in range(2):
+            feed_tree(lm, inputs)
+            addresses.append([(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in lm.cache.layers])
+    assert addresses[0] == addresses[1]
+    assert lm.cache.layers[0].keys.shape[2] == num_slots(6, 3, 2)
