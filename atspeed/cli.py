@@ -292,11 +292,14 @@ def data_fix_index(data_dir: Path, out: Path | None) -> None:
               help="continue from OUT's last complete checkpoint")
 @click.option("--allow-duplicate-ids", is_flag=True,
               help="accept an index where items share a semantic ID (better: `atspeed data fix-index`)")
-def train(data_dir: Path, out: Path, kind: str, allow_duplicate_ids: bool, **settings) -> None:
+@click.option("--include-valid", is_flag=True,
+              help="train on train + valid items (the final fit before a test evaluation; needs --eval-users 0)")
+def train(data_dir: Path, out: Path, kind: str, allow_duplicate_ids: bool, include_valid: bool, **settings) -> None:
     """Train a recommender from scratch on DATA_DIR's train split; the model lands in OUT/final."""
     from atspeed.rec.train import train_recipe
 
-    final = train_recipe(data_dir, out, kind, allow_duplicate_ids=allow_duplicate_ids, log=click.echo, **settings)
+    final = train_recipe(data_dir, out, kind, allow_duplicate_ids=allow_duplicate_ids, include_valid=include_valid,
+                         log=click.echo, **settings)
     click.echo(f"saved {final}")
 
 

@@ -164,6 +164,8 @@ CASES = [
      r"bad-line/sequential_train.txt, line 3: 'x' is not a positive integer"),
     ("train-save-steps-zero", ("train", "{data}", "out", "--save-steps", "0"),
      r"'--save-steps': 0 is not in the range x>=1"),
+    ("train-include-valid-with-validation", ("train", "{data}", "out", "--include-valid"),
+     r"include_valid trains on the validation items.*--eval-users 0"),
     ("evaluate-broken-draft", ("evaluate", "--data", "{data}", "--target", "{target}", "--draft", "{half-weights}",
                                "--out", "results"), r"half-weights/model.safetensors: not a complete safetensors"),
     ("evaluate-bad-ks", ("evaluate", "--data", "{data}", "--target", "{target}", "--ks", "0"),

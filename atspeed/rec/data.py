@@ -202,6 +202,14 @@ def train_samples(ds: RecDataset, max_history: int = MAX_HISTORY) -> list[Sample
     ]
 
 
+def with_valid_in_train(ds: RecDataset) -> RecDataset:
+    """The final fit before a test evaluation: each user's valid items appended to their train
+    sequence, and no valid split left (nothing can be validated on what was trained on)."""
+    users = set(ds.train) | set(ds.valid)
+    train = {u: (*ds.train.get(u, ()), *ds.valid.get(u, ())) for u in sorted(users)}
+    return replace(ds, train={u: seq for u, seq in train.items() if seq}, valid={})
+
+
 @dataclass(frozen=True)
 class Window:
     """A stretch of one user's train sequence read in one forward pass: every item after the first

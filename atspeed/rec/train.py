@@ -60,6 +60,7 @@ from atspeed.rec.data import (
     load_dataset,
     train_samples,
     train_windows,
+    with_valid_in_train,
 )
 from atspeed.rec.recipes import new_model
 from atspeed.rec.tokenizer import ItemVocab, build_tokenizer, encode_history, item_vocab
@@ -243,14 +244,21 @@ def train_recipe(
     kind: str,
     *,
     allow_duplicate_ids: bool = False,
+    include_valid: bool = False,
     seed: int = 0,
     log: Callable[[str], None] = print,
     **settings: object,
 ) -> Path:
     """A fresh, seeded model of recipe `kind` with a tokenizer for `data_dir`'s catalogue, trained by
     `train` (`settings`: epochs, batch_size, ...; a complete checkpoint in `out_dir` is resumed).
+    `include_valid` trains on train + valid (`with_valid_in_train`), without validation.
     What `atspeed train` and the demo run; `log` gets the model's size and the checkpoint resumed."""
     ds = load_dataset(data_dir, allow_duplicate_ids=allow_duplicate_ids)
+    if include_valid:
+        if settings.get("eval_users", 0):
+            raise ValueError("include_valid trains on the validation items, so nothing is left to validate on: "
+                             "set eval_users to 0 (--eval-users 0) and take the epochs from a validated run.")
+        ds = with_valid_in_train(ds)
     tokenizer = build_tokenizer(ds.index)
     torch.manual_seed(seed)
     model = new_model(kind, tokenizer)

@@ -15,6 +15,7 @@ from atspeed.rec.data import (
     save_dataset,
     train_samples,
     train_windows,
+    with_valid_in_train,
 )
 
 INDEX = {  # 4 items, 4 tokens each
@@ -44,6 +45,13 @@ def test_a_line_with_only_a_user_is_an_empty_sequence(tmp_path):
     ds = load_dataset(write(tmp_path))
     assert ds.train[3] == ()
     assert ds.valid[2] == ()
+
+
+def test_with_valid_in_train_appends_each_users_valid_items_and_leaves_no_valid_split(tmp_path):
+    ds = with_valid_in_train(load_dataset(write(tmp_path)))
+    assert ds.train == {1: (0, 1, 2, 3), 2: (3,), 3: (0,)}  # user 3: no train items, valid item 1
+    assert ds.valid == {}
+    assert [c.history for c in eval_cases(ds, "test")] == [(0, 1, 2, 3), (0,)]  # the same test histories
 
 
 def test_train_samples_predict_each_next_item_from_its_prefix(tmp_path):

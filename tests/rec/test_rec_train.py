@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
-from atspeed.rec.data import eval_cases
+from atspeed.rec import train as train_module
+from atspeed.rec.data import eval_cases, load_dataset, with_valid_in_train
 from atspeed.rec.recipes import new_model
 from atspeed.rec.tokenizer import decode_items, encode_prompts
 from atspeed.rec.train import IGNORE, SampleDataset, WindowDataset, pad_right, save_final, train
@@ -131,6 +132,19 @@ def test_a_stopped_run_resumes_from_its_checkpoint(synthetic, tokenizer, tmp_pat
     assert resumed["global_step"] == 2 * N
     assert resumed["log_history"][: len(first["log_history"])] == first["log_history"]
     assert [e["step"] for e in resumed["log_history"] if "loss" in e] == list(range(1, 2 * N + 1))
+
+
+def test_a_final_fit_trains_on_train_and_valid_items(synthetic_dir, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda model, tokenizer, ds, out, **kw: seen.append(ds) or out)
+    train_module.train_recipe(synthetic_dir, tmp_path, "tiny", include_valid=True, eval_users=0, log=lambda _: None)
+    assert seen[0].train == with_valid_in_train(load_dataset(synthetic_dir)).train
+    assert seen[0].valid == {}
+
+
+def test_a_final_fit_with_validation_is_refused(synthetic_dir, tmp_path):
+    with pytest.raises(ValueError, match="nothing is left to validate on"):
+        train_module.train_recipe(synthetic_dir, tmp_path, "tiny", include_valid=True, eval_users=100)
 
 
 def test_constrained_beam_search_with_the_trained_model_returns_valid_items(run, synthetic, vocab, trie):
