@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atspeed.rec.baselines import popularity_lists
-from atspeed.rec.data import MAX_HISTORY, RecDataset, eval_cases, load_dataset, train_windows
+from atspeed.rec.data import MAX_HISTORY, RecDataset, eval_cases, load_dataset, train_windows, with_valid_in_train
 from atspeed.rec.metrics import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,17 +192,19 @@ def train_epoch(model: SASRec, opt: torch.optim.Optimizer, seqs: torch.Tensor, b
 
 
 def train_and_evaluate(
-    ds: RecDataset, s: Settings = Settings(), k: int = 20, log: Callable[[str], None] = print
+    ds: RecDataset, s: Settings = Settings(), k: int = 20, log: Callable[[str], None] = print,
+    include_valid: bool = False,
 ) -> Result:
-    """Train on the train split with early stopping on validation NDCG@10, then rank for every test user."""
+    """Train on the train split with early stopping on validation NDCG@10, then rank for every test user.
+    With `include_valid`, the final fit: train + valid items, no validation, the last epoch is kept."""
     if k < max(KS):
         raise ValueError(f"k must be >= {max(KS)} to report the metrics at {KS}, got {k}.")
     torch.manual_seed(s.seed)
-    windows = train_windows(ds, s.max_len)
+    windows = train_windows(with_valid_in_train(ds) if include_valid else ds, s.max_len)
     if not windows:
         raise ValueError(f"Dataset {ds.name!r}: no user has two train items, so there is nothing to train on.")
     seqs = left_pad([w.items for w in windows], s.max_len + 1)  # inputs are [:, :-1], targets [:, 1:]
-    valid = eval_cases(ds, "valid", s.max_len)
+    valid = [] if include_valid else eval_cases(ds, "valid", s.max_len)
     test = eval_cases(ds, "test", s.max_len)
     model = SASRec(ds.num_items, s)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, betas=(0.9, 0.98))
@@ -211,12 +213,15 @@ def train_and_evaluate(
     for epoch in range(1, s.max_epochs + 1):
         e0 = time.perf_counter()
         loss = train_epoch(model, opt, seqs, s.batch_size)
-        ranked = top_k(model, [c.history for c in valid], 10, s.max_len)
-        ndcg10 = evaluate(ranked, [c.truth for c in valid], ks=(10,))["ndcg@10"]
+        ndcg10 = None  # the final fit has no validation: every epoch replaces the one before
+        if valid:
+            ranked = top_k(model, [c.history for c in valid], 10, s.max_len)
+            ndcg10 = evaluate(ranked, [c.truth for c in valid], ks=(10,))["ndcg@10"]
         history.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": ndcg10, "seconds": time.perf_counter() - e0})
-        log(f"epoch {epoch:3d}  loss {loss:.4f}  valid NDCG@10 {ndcg10:.4f}  ({history[-1]['seconds']:.1f}s)")
-        if ndcg10 > best:
-            best, best_epoch = ndcg10, epoch
+        score = "" if ndcg10 is None else f"  valid NDCG@10 {ndcg10:.4f}"
+        log(f"epoch {epoch:3d}  loss {loss:.4f}{score}  ({history[-1]['seconds']:.1f}s)")
+        if ndcg10 is None or ndcg10 > best:
+            best, best_epoch = (best if ndcg10 is None else ndcg10), epoch
             best_state = {name: t.detach().clone() for name, t in model.state_dict().items()}
         elif epoch - best_epoch >= s.patience:
             stopped = "patience"
@@ -259,11 +264,13 @@ def main() -> None:
     p.add_argument("--max-minutes", type=float, default=Settings.max_minutes, help="training time limit")
     p.add_argument("--max-epochs", type=int, default=Settings.max_epochs)
     p.add_argument("--seed", type=int, default=Settings.seed)
+    p.add_argument("--include-valid", action="store_true",
+                   help="the final fit: train on train + valid items for --max-epochs epochs, no validation")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     s = Settings(max_minutes=args.max_minutes, max_epochs=args.max_epochs, seed=args.seed)
     ds = load_dataset(args.data, allow_duplicate_ids=True)
-    r = train_and_evaluate(ds, s)
+    r = train_and_evaluate(ds, s, include_valid=args.include_valid)
     users = len(r.rankings)
     print(
         f"\nSASRec on {ds.name}: {users} test users, best epoch {r.best_epoch} of {r.epochs} ({r.stopped}), "
@@ -283,6 +290,7 @@ def main() -> None:
             "machine": platform.processor() or platform.machine(),
         },
         "settings": asdict(s),
+        "include_valid": args.include_valid,
         "test": r.test,
         "test_exclude_history": r.test_exclude_history,
         "popularity": popular,

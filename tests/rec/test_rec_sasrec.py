@@ -65,3 +65,11 @@ def test_padding_does_not_change_the_prediction(sasrec):
     short = model(sasrec.left_pad([(3, 9, 4)], 3))[:, -1]
     padded = model(sasrec.left_pad([(3, 9, 4)], 8))[:, -1]
     assert torch.allclose(short, padded, atol=1e-6)  # positions count from the right; padding is never attended
+
+
+def test_the_final_fit_trains_every_epoch_without_validation_and_keeps_the_last(sasrec, synthetic):
+    torch.set_num_threads(1)
+    fit = sasrec.train_and_evaluate(synthetic, sasrec.Settings(max_epochs=2), log=lambda line: None,
+                                    include_valid=True)
+    assert (fit.epochs, fit.best_epoch) == (2, 2)
+    assert [e["valid_ndcg@10"] for e in fit.history] == [None, None]
