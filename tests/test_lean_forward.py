@@ -9,11 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import ARCHS, batch, make_model
+from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.stopping_criteria import MaxLengthCriteria
 
+from atspeed.decoding.beam import BeamConfig
 from atspeed.decoding.static import num_slots
 from atspeed.decoding.tree import additive_mask, prompt_inputs
 from atspeed.hf import lean
 from atspeed.hf.generate import generate_with_tree_attention
+from atspeed.hf.graphs import planned_beam_search
 from atspeed.hf.lean import hf_forward, lean_unsupported, slot_lm, tree_lm
 from atspeed.hf.model import TreeLM
 from atspeed.hf.slot_cache import SlotCache
@@ -111,3 +115,16 @@ def test_lean_forward_writes_the_slot_cache_in_place():
             addresses.append([(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in lm.cache.layers])
     assert addresses[0] == addresses[1]
     assert lm.cache.layers[0].keys.shape[2] == num_slots(6, 3, 2)
+
+
+def test_a_decode_plan_is_kept_per_forward_kind():
+    m, inputs = make_model(seed=9), batch((6, 4))
+    n = inputs["input_ids"].shape[1]
+    plan = dict(cfg=BeamConfig(num_beams=4, prompt_len=n, max_length=n + 3), processors=LogitsProcessorList(),
+                stopping=StoppingCriteriaList([MaxLengthCriteria(n + 3)]), num_return_sequences=4, fill_value=-1,
+                capture=False)
+    lean_out = planned_beam_search(m, inputs["input_ids"], inputs["attention_mask"], **plan)
+    with hf_forward():
+        hf_out = planned_beam_search(m, inputs["input_ids"], inputs["attention_mask"], **plan)
+    assert hf_out.stats["new_plan"] and hf_out.stats["forward"].startswith("hf:")
+    assert lean_out.stats["forward"] == "lean" and torch.equal(lean_out.sequences, hf_out.sequences)

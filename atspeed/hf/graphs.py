@@ -25,7 +25,7 @@ import torch
 from atspeed.decoding.beam import BeamConfig, BeamState
 from atspeed.decoding.static import decode, num_slots
 from atspeed.decoding.tree_search import BeamSearchResult, StepRecord, search_result
-from atspeed.hf.lean import slot_lm
+from atspeed.hf.lean import lean_unsupported, slot_lm
 
 MAX_PLANS_PER_MODEL = 16  # least recently used plans are dropped beyond this (their memory with them)
 _CAPTURED_STOPPING = ("MaxLengthCriteria", "EosTokenCriteria")
@@ -130,7 +130,8 @@ def plan_for(
 ) -> tuple[DecodePlan, bool]:
     """The model's plan for this shape, built (and captured) on first use. Returns (plan, new)."""
     plans = _PLANS.setdefault(model, OrderedDict())
-    key = (cfg, batch, processors_key(processors), stopping_key(stopping), fill_value, capture)
+    lean = lean_unsupported(model) is None  # a plan holds its forward: one per forward kind
+    key = (cfg, batch, processors_key(processors), stopping_key(stopping), fill_value, capture, lean)
     if key in plans:
         plans.move_to_end(key)
         return plans[key], False
