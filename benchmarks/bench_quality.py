@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ks", default="5,10,20")
     p.add_argument("--users", type=int, default=None, help="the first N test users (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--tag", default="", help="results go to <dataset>_quality[_TAG].{md,json}")
     args = p.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
     ds = load_dataset(args.data, allow_duplicate_ids=True)
@@ -110,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     report = {"dataset": ds.name, "users": len(cases), "ks": ks, "rows": rows, "seconds": seconds,
               "parameters_m": sizes, "command": sys.argv, "date": time.strftime("%Y-%m-%d")}
-    write_text(RESULTS / f"{ds.name}_quality.md", text)
-    write_text(RESULTS / f"{ds.name}_quality.json", json.dumps(report, indent=1) + "\n")
+    stem = f"{ds.name}_quality" + (f"_{args.tag}" if args.tag else "")
+    write_text(RESULTS / f"{stem}.md", text)
+    write_text(RESULTS / f"{stem}.json", json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
