@@ -70,12 +70,7 @@ def _structure_unsupported(model: torch.nn.Module) -> str | None:
     impl = getattr(model.config, "_attn_implementation", None)
     if impl != "sdpa":
         return f"attn_implementation={impl!r} (the lean forward calls HF's SDPA attention)"
-    if model.training:
-        return "the model is in training mode (dropout)"
     body = getattr(model, "model", None)
-    hooked = [m for m in (model, body) if m is not None and (m._forward_hooks or m._forward_pre_hooks)]
-    if hooked or hasattr(model, "_hf_hook"):
-        return "the model has forward hooks, which only its own forward runs"
     if not all(hasattr(body, part) for part in ("embed_tokens", "rotary_emb", "layers", "norm")):
         return f"{type(model).__name__} has no Llama-style body (model.embed_tokens, rotary_emb, layers, norm)"
     for layer in body.layers:
@@ -127,16 +122,30 @@ def hf_forward() -> Iterator[None]:
 _VERDICTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
+def _state_unsupported(model: torch.nn.Module) -> str | None:
+    """What may change between two calls on the same model: the switch, training mode, hooks."""
+    if not _ENABLED:
+        return "the HF forward was asked for (hf_forward())"
+    if model.training:
+        return "the model is in training mode (dropout)"
+    body = getattr(model, "model", None)
+    hooked = [m for m in (model, body) if m is not None and (m._forward_hooks or m._forward_pre_hooks)]
+    if hooked or hasattr(model, "_hf_hook"):
+        return "the model has forward hooks, which only its own forward runs"
+    return None
+
+
 def lean_unsupported(model: torch.nn.Module) -> str | None:
-    """Why the lean forward will not run this model (the HF forward will), or None. The bit-for-bit
-    check against HF runs once per model, dtype and device."""
-    reason = _structure_unsupported(model) if _ENABLED else "the HF forward was asked for (hf_forward())"
+    """Why the lean forward will not run this model (the HF forward will), or None. The structure
+    and the bit-for-bit check against HF are judged once per model, dtype, device and attention
+    implementation; the rest (`_state_unsupported`) on every call."""
+    reason = _state_unsupported(model)
     if reason is not None:
         return reason
-    key = (model_dtype(model), next(model.parameters()).device)
+    key = (model_dtype(model), next(model.parameters()).device, getattr(model.config, "_attn_implementation", None))
     cached = _VERDICTS.get(model)
     if cached is None or cached[0] != key:
-        cached = (key, _differs_from_hf(model))
+        cached = (key, _structure_unsupported(model) or _differs_from_hf(model))
         _VERDICTS[model] = cached
     return cached[1]
 
