@@ -280,6 +280,8 @@ def data_fix_index(data_dir: Path, out: Path | None) -> None:
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="sequence", show_default=True,
               help="sequence: every item of a user's window supervised in one pass; next-item: one example per item")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.1, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="dropout on embeddings and on each block's attention and MLP outputs while training")
 @click.option("--scheduler", type=click.Choice(["linear", "cosine", "constant"]), default="cosine",
               show_default=True, help="learning-rate schedule")
 @click.option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.02, show_default=True)

@@ -166,6 +166,7 @@ CASES = [
      r"'--save-steps': 0 is not in the range x>=1"),
     ("train-include-valid-with-validation", ("train", "{data}", "out", "--include-valid"),
      r"include_valid trains on the validation items.*--eval-users 0"),
+    ("train-dropout-one", ("train", "{data}", "out", "--dropout", "1"), r"'--dropout': 1.0 is not in the range"),
     ("evaluate-broken-draft", ("evaluate", "--data", "{data}", "--target", "{target}", "--draft", "{half-weights}",
                                "--out", "results"), r"half-weights/model.safetensors: not a complete safetensors"),
     ("evaluate-bad-ks", ("evaluate", "--data", "{data}", "--target", "{target}", "--ks", "0"),

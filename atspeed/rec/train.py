@@ -175,6 +175,7 @@ def train(
     eval_users: int = 0,
     eval_k: int = 10,
     patience: int = 3,
+    dropout: float = 0.0,
 ) -> Path:
     """Train `model` in place on `dataset`'s train split; return `out_dir/final` (model + tokenizer).
 
@@ -183,7 +184,8 @@ def train(
     checkpoint's). `max_steps` > 0 overrides `epochs`. At least 2 checkpoints are kept, so that a
     crash while one is saved leaves the one before. With `eval_users` > 0 the result is the
     checkpoint with the best validation NDCG@`eval_k` (evaluated every `save_steps`), and training
-    stops after `patience` evaluations without a better one.
+    stops after `patience` evaluations without a better one. `dropout` > 0 drops embeddings and
+    each block's attention and MLP outputs while training (`residual_dropout`).
     """
     if save_steps < 1:
         raise ValueError(f"save_steps must be >= 1, got {save_steps}.")
@@ -234,8 +236,41 @@ def train(
         eval_k=eval_k,
     )
     checkpoint = last_checkpoint(out_dir) if resume else None
-    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+    hooks = residual_dropout(model, dropout)
+    try:
+        trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+    finally:
+        for hook in hooks:
+            hook.remove()
     return save_final(trainer.model, tokenizer, out_dir)
+
+
+def residual_dropout(model: PreTrainedModel, p: float) -> list[torch.utils.hooks.RemovableHandle]:
+    """Dropout on the token embeddings and on every block's attention and MLP output before it joins the
+    residual stream (GPT-2's and SASRec's placement), active only in training mode.
+
+    Llama-family models have no such dropout (only on attention weights), and small recommenders
+    overfit without it. It is added by forward hooks rather than a model subclass, so the trained
+    model stays a plain HF model; the hooks are removed after training. Returns the hook handles."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}.")
+    if p == 0.0:
+        return []
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if layers is None or not all(hasattr(layer, "self_attn") and hasattr(layer, "mlp") for layer in layers):
+        raise ValueError(f"dropout > 0 needs a Llama-style model (model.layers[i].self_attn/.mlp); "
+                         f"{type(model).__name__} has another structure.")
+
+    def drop(module: torch.nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
+        if not module.training:
+            return output
+        if isinstance(output, tuple):  # attention returns (output, weights)
+            return (torch.nn.functional.dropout(output[0], p, True), *output[1:])
+        return torch.nn.functional.dropout(output, p, True)
+
+    modules = [base.embed_tokens] + [m for layer in layers for m in (layer.self_attn, layer.mlp)]
+    return [m.register_forward_hook(drop) for m in modules]
 
 
 def train_recipe(

@@ -15,7 +15,7 @@ from atspeed.rec import train as train_module
 from atspeed.rec.data import eval_cases, load_dataset, with_valid_in_train
 from atspeed.rec.recipes import new_model
 from atspeed.rec.tokenizer import decode_items, encode_prompts
-from atspeed.rec.train import IGNORE, SampleDataset, WindowDataset, pad_right, save_final, train
+from atspeed.rec.train import IGNORE, SampleDataset, WindowDataset, pad_right, residual_dropout, save_final, train
 from atspeed.rec.trie import TrieLogitsProcessor
 
 STEPS = 40
@@ -145,6 +145,41 @@ def test_a_final_fit_trains_on_train_and_valid_items(synthetic_dir, tmp_path, mo
 def test_a_final_fit_with_validation_is_refused(synthetic_dir, tmp_path):
     with pytest.raises(ValueError, match="nothing is left to validate on"):
         train_module.train_recipe(synthetic_dir, tmp_path, "tiny", include_valid=True, eval_users=100)
+
+
+def test_residual_dropout_changes_outputs_in_training_mode_only(samples, tokenizer):
+    torch.manual_seed(0)
+    model = new_model("tiny", tokenizer)
+    batch = pad_right([samples[i] for i in range(4)], tokenizer.pad_token_id)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        plain_train, plain_eval = model.train()(**inputs).logits, model.eval()(**inputs).logits
+        hooks = residual_dropout(model, 0.5)
+        assert not torch.allclose(model.train()(**inputs).logits, plain_train)
+        torch.testing.assert_close(model.eval()(**inputs).logits, plain_eval, rtol=0, atol=0)
+        for hook in hooks:
+            hook.remove()
+        torch.testing.assert_close(model.train()(**inputs).logits, plain_train, rtol=0, atol=0)
+
+
+def test_training_with_dropout_leaves_a_plain_model_without_hooks(synthetic, tokenizer, tmp_path):
+    model = new_model("tiny", tokenizer)
+    train(model, tokenizer, synthetic, tmp_path, max_steps=2, save_steps=2, dropout=0.3)
+    assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_dropout_needs_llama_style_blocks():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=32))
+    with pytest.raises(ValueError, match="Llama-style"):
+        residual_dropout(gpt2, 0.1)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_dropout_outside_zero_to_one_is_refused(tokenizer, p):
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        residual_dropout(new_model("tiny", tokenizer), p)
 
 
 def test_constrained_beam_search_with_the_trained_model_returns_valid_items(run, synthetic, vocab, trie):
