@@ -22,17 +22,9 @@ from pathlib import Path
 
 import torch
 
+from atspeed.align.rows import answer_logits, answer_logits_per_row
 from atspeed.align.teacher import generate_teacher_data, load_teacher_data
-from atspeed.align.trainer import (
-    METHODS,
-    TEACHER_METHODS,
-    AlignConfig,
-    answer_logits,
-    answer_logits_per_row,
-    batch_loss,
-    batch_rows,
-    training_examples,
-)
+from atspeed.align.trainer import METHODS, TEACHER_METHODS, AlignConfig, batch_loss, batch_rows, training_examples
 from atspeed.rec.data import first_users, load_dataset, train_samples
 from atspeed.rec.recommend import PRETRAINED, load_recommender
 

@@ -7,16 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from atspeed.align.trainer import (
-    METHODS,
-    AlignConfig,
-    answer_logits,
-    answer_logits_per_row,
-    batch_loss,
-    batch_rows,
-    encode_rows,
-    training_examples,
-)
+from atspeed.align.rows import answer_logits, answer_logits_per_row, encode_rows
+from atspeed.align.trainer import METHODS, AlignConfig, batch_loss, batch_rows, training_examples
 
 BEAMS = 3
 TIGHT = {"rtol": 1e-9, "atol": 1e-12}  # float64 models: only the summation order differs
