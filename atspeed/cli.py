@@ -442,6 +442,10 @@ def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, ch
               help="teacher data folder (`atspeed teacher`); made here if missing (methods that need it)")
 @click.option("--out", type=NEW_FOLDER, required=True,
               help="the aligned draft lands in OUT/final, the acceptance history in OUT/history.json")
+@click.option("--target-logits", type=NEW_FOLDER, default=None,
+              help="keep the target's logits on the teacher (or TVD-KD's ground-truth) rows here, e.g. "
+                   "TEACHER/target-logits: computed once (an epoch's target forwards), then read by every step, "
+                   "epoch, seed and method instead of rerunning the target")
 @click.option("--method", type=click.Choice(ALIGN_METHODS), default="atspeed-s", show_default=True)
 @_draft(help="start from this draft (default: a fresh model of --kind)")
 @click.option("--kind", type=click.Choice(RECIPES), default="draft", show_default=True)
@@ -462,8 +466,8 @@ def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, ch
 @click.option("-k", "--beams", "k", default=20, show_default=True, help="K of the acceptance check")
 @click.option("--gamma", default=3, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="device of the teacher-data run")
-def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, draft: Path | None, kind: str,
-          device: str, **settings) -> None:
+def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, target_logits: Path | None,
+          draft: Path | None, kind: str, device: str, **settings) -> None:
     """Train a draft to agree with the target (AtSpeed-S / -R or a baseline); keeps the draft with the best
     acceptance. Runs under `accelerate launch` too."""
     method = settings["method"]
@@ -471,8 +475,8 @@ def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, dra
         raise click.UsageError(f"--method {method} trains on the target's beams: give --teacher DIR.")
     from atspeed.align.job import align_job
 
-    result = align_job(data_dir, target, out, teacher_dir=teacher_dir, draft=draft, kind=kind, device=device,
-                       **settings)
+    result = align_job(data_dir, target, out, teacher_dir=teacher_dir, target_logits=target_logits, draft=draft,
+                       kind=kind, device=device, **settings)
     click.echo(f"best acceptance {result.best_acceptance:.3f} levels/round at step {result.best_step}; "
                f"saved {result.final}")
 

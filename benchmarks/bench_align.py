@@ -17,8 +17,12 @@ Timing is per user (batch size 1) after a warm-up, and every speedup divides tim
 same run. Strict verification must reproduce HF's lists exactly (0 in the last column); relaxed
 verification samples, so its lists differ and its quality change is reported instead.
 
-Resumable: the teacher cache resumes, and a method whose OUT/<method>/done.json exists is not
-trained again (delete the folder to retrain).
+The target's logits on the teacher rows (and TVD-KD's ground-truth rows) are computed once, in
+OUT/target-logits, and read by every method's steps (`--no-target-logits`: the target runs in
+every step, as before; the same losses up to float rounding).
+
+Resumable: the teacher cache and the target logits resume, and a method whose OUT/<method>/done.json
+exists is not trained again (delete the folder to retrain).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from atspeed.align.teacher import generate_teacher_data, load_teacher_data
-from atspeed.align.trainer import METHODS, TEACHER_METHODS, AlignConfig, align
+from atspeed.align.trainer import METHODS, TEACHER_METHODS, AlignConfig, align, make_target_logits
 from atspeed.files import write_text
 from atspeed.rec.data import RecDataset, eval_cases, first_users, load_dataset
 from atspeed.rec.metrics import evaluate
@@ -107,10 +111,16 @@ def train_all(args, rec: Recommender, subset: RecDataset, teacher, log) -> dict[
                           lr=args.lr, seed=args.seed, eval_every=args.align_eval_every,
                           eval_users=args.align_eval_users, k=args.teacher_k, draft_beams=args.draft_beams,
                           gamma=args.gamma, teacher_beams=args.teacher_k)
+        method_teacher = teacher if method in TEACHER_METHODS else None
+        logits_dir = args.out / "target-logits" if args.target_logits else None
+        if logits_dir is not None:  # made by the first method that reads them, outside its s/step
+            with Timer(args.device) as timer:
+                made = make_target_logits(rec, subset, method_teacher, cfg, logits_dir)
+            if made is not None:
+                log(f"[{method}] target logits in {made} ({timer.time_cost:.0f}s; 0 if made before)")
         torch.manual_seed(args.seed)
         with Timer(args.device) as timer:
-            result = align(rec.target, draft, rec.tokenizer, subset, teacher if method in TEACHER_METHODS else None,
-                           out, cfg)
+            result = align(rec.target, draft, rec.tokenizer, subset, method_teacher, out, cfg, logits_dir)
         seconds = timer.time_cost
         save_final(draft.eval(), rec.tokenizer, out / "last")  # the draft after the last step -> last/final
         losses = result.losses
@@ -176,7 +186,8 @@ def evaluate_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cas
                 "recall": q[f"recall@{k}"], "ndcg": q[f"ndcg@{k}"],
                 "recall_change_vs_hf": q[f"recall@{k}"] - q_hf[f"recall@{k}"],
                 "ndcg_change_vs_hf": q[f"ndcg@{k}"] - q_hf[f"ndcg@{k}"],
-                "lists_differing_from_hf": sum(list(a) != list(b) for a, b in zip(r["items"], hf["items"], strict=True)),
+                "lists_differing_from_hf": sum(list(a) != list(b)
+                                               for a, b in zip(r["items"], hf["items"], strict=True)),
             })
     bar.close()
     return rows
@@ -240,6 +251,8 @@ def main() -> None:
     ap.add_argument("--align-eval-users", type=int, default=64, help="validation users of each acceptance check")
     ap.add_argument("--checkpoint", choices=["final", "last"], default="final",
                     help="evaluate the best-acceptance draft (final) or the one after the last step (last)")
+    ap.add_argument("--target-logits", action=argparse.BooleanOptionalAction, default=True,
+                    help="compute the target's logits on the fixed training rows once, in OUT/target-logits")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=2, help="untimed users before each timed run")
     ap.add_argument("--threads", type=int, default=None)
@@ -299,9 +312,10 @@ def main() -> None:
     strict_bad = [r for r in rows if r["verification"] in ("tree", "strict") and r["lists_differing_from_hf"]]
     md = [f"# Draft alignment on {ds.name}", "", f"`{command}`", "",
           "machine: " + ", ".join(f"{k} {v}" for k, v in mach.items()), "",
-          (f"target {n_params(rec.target) / 1e6:.2f}M params ({args.target}), drafts {n_params(start_draft) / 1e6:.2f}M "
-          f"params (start: {args.draft}); alignment: first {args.train_users} users' train prompts, {args.steps} steps "
-          f"x batch {args.batch_size}, lr {args.lr}, alpha {args.alpha}, teacher top-{args.teacher_k}, seed {args.seed}, "
+          (f"target {n_params(rec.target) / 1e6:.2f}M params ({args.target}), drafts "
+          f"{n_params(start_draft) / 1e6:.2f}M params (start: {args.draft}); alignment: first {args.train_users} "
+          f"users' train prompts, {args.steps} steps x batch {args.batch_size}, lr {args.lr}, alpha {args.alpha}, "
+          f"teacher top-{args.teacher_k}, seed {args.seed}, "
           f"evaluated checkpoint: {args.checkpoint}; evaluation: first {len(cases)} test users, batch 1, "
           f"N = max({args.draft_beams}, K) draft beams, gamma {args.gamma}, {args.warmup} warm-up users per run."), "",
           "## Training", "",

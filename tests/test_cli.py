@@ -123,6 +123,16 @@ def test_align_trains_a_draft_from_teacher_data_it_makes(data_dir, model_dir, tm
     assert (tmp_path / "aligned" / "final" / "config.json").exists()
 
 
+def test_align_keeps_the_target_logits_it_computes_once(data_dir, model_dir, tmp_path):
+    for seed in (0, 1):  # the second run reads the first one's folder
+        run("align", "--data", data_dir, "--target", model_dir, "--teacher", tmp_path / "teacher",
+            "--target-logits", tmp_path / "teacher" / "target-logits", "--out", tmp_path / f"aligned-{seed}",
+            "--kind", "tiny", "--teacher-beams", 3, "-k", 3, "--max-steps", 2, "--batch-size", 4,
+            "--eval-users", 2, "--seed", seed)
+    assert (tmp_path / "teacher" / "target-logits" / "teacher" / "logits.safetensors").exists()
+    assert (tmp_path / "aligned-1" / "final" / "config.json").exists()
+
+
 def test_align_with_a_teacher_method_needs_a_teacher_folder(data_dir, model_dir, tmp_path):
     result = run("align", "--data", data_dir, "--target", model_dir, "--out", tmp_path, ok=False)
     assert result.exit_code == 2 and "give --teacher DIR" in result.output

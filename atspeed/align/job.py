@@ -21,13 +21,15 @@ def align_job(
     out: str | os.PathLike,
     *,
     teacher_dir: str | os.PathLike | None = None,
+    target_logits: str | os.PathLike | None = None,
     draft: str | os.PathLike | None = None,
     kind: str = "draft",
     device: str = "cpu",
     **settings: Any,
 ) -> AlignResult:
     """Train a draft (from `draft`, else a new `kind` model) to agree with the target; `settings` are
-    AlignConfig's fields. Methods that learn from the target's beams need `teacher_dir`."""
+    AlignConfig's fields. Methods that learn from the target's beams need `teacher_dir`;
+    `target_logits` keeps the target's logits on the fixed rows there (see `align`)."""
     method = settings["method"]
     if method in TEACHER_METHODS and teacher_dir is None:
         raise ValueError(f"method {method} trains on the target's beams: give a teacher data folder.")
@@ -40,4 +42,4 @@ def align_job(
         teacher_data = load_teacher_data(teacher_dir)
     torch.manual_seed(settings["seed"])
     start = rec.draft if rec.draft is not None else new_model(kind, rec.tokenizer)
-    return align(rec.target, start, rec.tokenizer, ds, teacher_data, out, AlignConfig(**settings))
+    return align(rec.target, start, rec.tokenizer, ds, teacher_data, out, AlignConfig(**settings), target_logits)

@@ -37,6 +37,7 @@ class Rows:
     prompt_of: Tensor  # [R] int64: the prompt of each row
     answers: Tensor  # [R, L + 1] the answer: L item tokens + EOS
     n_gt: int
+    prompt_index: Tensor | None = None  # [P] int64: each prompt's row in the teacher data and target logits
 
     @property
     def input_ids(self) -> Tensor:
@@ -55,16 +56,18 @@ class Rows:
         n = int(self.prompt_mask[prompts].sum(1).max())
         renumber = self.prompt_of.new_zeros(self.prompt_ids.shape[0])  # old prompt index -> new
         renumber[prompts] = torch.arange(len(prompts), device=prompts.device)
+        index = None if self.prompt_index is None else self.prompt_index[prompts]
         return keep, Rows(self.prompt_ids[prompts, -n:], self.prompt_mask[prompts, -n:],
-                          renumber[self.prompt_of[keep]], self.answers[keep], n_gt=0)
+                          renumber[self.prompt_of[keep]], self.answers[keep], n_gt=0, prompt_index=index)
 
     def select(self, rows: slice) -> Rows:
         """Only `rows` (all prompts kept: every prompt has a ground-truth row, so none goes unused)."""
         return replace(self, prompt_of=self.prompt_of[rows], answers=self.answers[rows], n_gt=0)
 
     def to(self, device: torch.device | str) -> Rows:
+        index = None if self.prompt_index is None else self.prompt_index.to(device)
         return replace(self, prompt_ids=self.prompt_ids.to(device), prompt_mask=self.prompt_mask.to(device),
-                       prompt_of=self.prompt_of.to(device), answers=self.answers.to(device))
+                       prompt_of=self.prompt_of.to(device), answers=self.answers.to(device), prompt_index=index)
 
 
 def encode_rows(

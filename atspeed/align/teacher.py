@@ -96,7 +96,7 @@ def teacher_meta(
         "chunk_size": chunk_size,
         "dataset": dataset.name,
         "num_prompts": len(prompts),
-        "prompts_sha256": _sha256_json([list(p) for p in prompts]),
+        "prompts_sha256": sha256_json([list(p) for p in prompts]),
         "target": str(getattr(rec.target.config, "_name_or_path", "") or ""),
         "target_sha256": weights_sha256(rec.target),
     }
@@ -111,7 +111,8 @@ def weights_sha256(model: PreTrainedModel) -> str:
     return digest.hexdigest()
 
 
-def _sha256_json(value: object) -> str:
+def sha256_json(value: object) -> str:
+    """Fingerprint of a JSON value (lists of ints and strings): the same value always gives the same hash."""
     return hashlib.sha256(json.dumps(value, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -166,13 +167,17 @@ def pending_chunks(out_dir: str | os.PathLike, plan: Sequence[range]) -> list[in
 # ---------------------------------------------------------------------------------------------
 
 
-def open_cache(out_dir: str | os.PathLike, meta: dict) -> Path:
-    """Create `out_dir` with meta.json, or check that an existing one was made with the same settings."""
+def open_cache(
+    out_dir: str | os.PathLike, meta: dict, check: Callable[[dict, dict, Path], None] | None = None
+) -> Path:
+    """Create `out_dir` with meta.json, or check that an existing one was made with the same settings.
+
+    `check(old, new, out_dir)` raises on a mismatch (default: the teacher data's check)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / META_FILE
     if path.exists():
-        _check_meta(json.loads(path.read_text()), meta, out_dir)
+        (check or _check_meta)(json.loads(path.read_text()), meta, out_dir)
     else:
         write_bytes(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return out_dir
@@ -204,7 +209,7 @@ def merge_chunks(out_dir: str | os.PathLike, prompts: Sequence[Sequence[int]]) -
     order = torch.cat([p["prompts"] for p in parts])  # [P]
     if not torch.equal(order, torch.arange(meta["num_prompts"])):
         raise RuntimeError(f"{out_dir}: the chunks do not cover prompts 0 … {meta['num_prompts'] - 1} in order.")
-    if _sha256_json([list(p) for p in prompts]) != meta["prompts_sha256"]:
+    if sha256_json([list(p) for p in prompts]) != meta["prompts_sha256"]:
         raise ValueError(f"{out_dir}: these prompts are not the ones the chunks were made for.")
     lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)  # [P]
     padded = torch.full((len(prompts), int(lengths.max())), -1, dtype=torch.int64)  # [P, H]

@@ -18,6 +18,12 @@ L_align compares draft and frozen target logits at the L item positions, each re
 tokens a valid item may take there (the trie, as decoding does) when `mask_to_valid`; SeqKD is
 cross-entropy on the teacher's items; "none" is L_rec alone (the unaligned draft).
 
+The frozen target's logits on rows that are fixed per example (the teacher items, or TVD-KD's
+ground truth) can be computed once and read back instead (target_logits.py): `align(...,
+target_logits=DIR)` makes them in DIR/teacher or DIR/ground-truth on first use and every later step,
+epoch, seed and method reads them. Not with on_policy (the draft's rows change every step) or
+without mask_to_valid (they are kept at the trie-allowed tokens only).
+
 Runs under `accelerate launch` as well as in a plain process: the draft, optimizer and data are
 prepared by an `Accelerator`; the target is only moved to the device. Every `eval_every` steps (and
 before and after training) the strict speculative `recommend` runs on the first `eval_users`
@@ -44,6 +50,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from atspeed.align.losses import ALIGN_LOSSES, combine, rec_loss, seqkd_loss
 from atspeed.align.rows import Rows, answer_allowed, answer_logits, encode_rows
+from atspeed.align.target_logits import TargetLogits, generate_target_logits, load_target_logits
 from atspeed.align.teacher import TeacherData
 from atspeed.files import write_text
 from atspeed.rec.data import MAX_HISTORY, RecDataset, eval_cases, train_samples
@@ -100,6 +107,7 @@ class Example:
     history: tuple[int, ...]
     target: int
     beams: tuple[int, ...]  # teacher items, best first (empty when the method needs none)
+    prompt: int = -1  # the history's row in the teacher data (else: among the distinct histories, first seen first)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +152,8 @@ def training_examples(dataset: RecDataset, teacher: TeacherData | None, beams: i
     max_history = teacher.meta.get("max_history", MAX_HISTORY) if teacher is not None else MAX_HISTORY
     samples = train_samples(dataset, max_history)
     if teacher is None:
-        return [Example(s.history, s.target, ()) for s in samples]
+        prompts = {h: i for i, h in enumerate(dict.fromkeys(s.history for s in samples))}
+        return [Example(s.history, s.target, (), prompts[s.history]) for s in samples]
     if teacher.meta.get("dataset", dataset.name) != dataset.name:
         raise ValueError(f"The teacher data was made for dataset {teacher.meta['dataset']!r}, "
                          f"not {dataset.name!r}.")
@@ -154,7 +163,36 @@ def training_examples(dataset: RecDataset, teacher: TeacherData | None, beams: i
         raise ValueError(f"{len(missing)} training histories have no teacher lists (e.g. {missing[0]}): the teacher "
                          "data was made from other training data. Regenerate it for this dataset.")
     items = teacher.items[:, :beams].tolist()  # [P][beams]
-    return [Example(s.history, s.target, tuple(items[rows[s.history]])) for s in samples]
+    return [Example(s.history, s.target, tuple(items[rows[s.history]]), rows[s.history]) for s in samples]
+
+
+def fixed_rows(
+    cfg: AlignConfig, dataset: RecDataset, teacher: TeacherData | None
+) -> tuple[str, list[tuple[int, ...]], list[list[int]]] | None:
+    """The rows whose target logits a step reads, where they are fixed per example: their name,
+    the prompts (numbered as Example.prompt) and each prompt's items. None where the method reads no
+    target logits, on_policy adds the draft's own rows, or without mask_to_valid."""
+    if cfg.method not in ALIGN_LOSSES or cfg.on_policy or not cfg.mask_to_valid:
+        return None
+    if cfg.method == "tvdkd":  # every distinct next item of each history, as training_examples without teacher
+        truths: dict[tuple[int, ...], dict[int, None]] = {}
+        for s in train_samples(dataset, MAX_HISTORY):
+            truths.setdefault(s.history, {})[s.target] = None
+        return "ground-truth", list(truths), [list(t) for t in truths.values()]
+    return "teacher", teacher.histories, teacher.items.tolist()  # all K, whatever teacher_beams
+
+
+def make_target_logits(
+    rec: Recommender, dataset: RecDataset, teacher: TeacherData | None, cfg: AlignConfig,
+    folder: str | os.PathLike, progress: bool = True,
+) -> Path | None:
+    """The target's logits on the fixed rows of `cfg`'s method, made (or resumed, or found) in
+    folder/<rows name>; None where the rows are not fixed (fixed_rows)."""
+    fixed = fixed_rows(cfg, dataset, teacher)
+    if fixed is None:
+        return None
+    name, prompts, items = fixed
+    return generate_target_logits(rec, prompts, items, Path(folder) / name, rows=name, progress=progress)
 
 
 def batch_rows(vocab: ItemVocab, batch: Sequence[Example], extra: Sequence[Sequence[int]] = ()) -> Rows:
@@ -166,7 +204,8 @@ def batch_rows(vocab: ItemVocab, batch: Sequence[Example], extra: Sequence[Seque
         more = (*e.beams, *(extra[b] if extra else ()))
         prompt_of += [b] * len(more)
         items += more
-    return replace(encode_rows(vocab, [e.history for e in batch], prompt_of, items), n_gt=len(batch))
+    return replace(encode_rows(vocab, [e.history for e in batch], prompt_of, items), n_gt=len(batch),
+                   prompt_index=torch.tensor([e.prompt for e in batch], dtype=torch.int64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,10 +220,12 @@ def batch_loss(
     cfg: AlignConfig,
     trie: ItemTrie,
     logits_of: Callable[[PreTrainedModel, Rows], Tensor] = answer_logits,
+    cached: TargetLogits | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """(1 - alpha) * L_rec + alpha * L_align on one batch; also both parts as floats, for logging.
 
-    `logits_of` computes the answer logits (answer_logits_per_row: the reference form)."""
+    `logits_of` computes the answer logits (answer_logits_per_row: the reference form). `cached`:
+    the target's logits are read from there (rows.prompt_index numbers its prompts), not computed."""
     L = trie.id_length
     logits = logits_of(draft, rows)  # [R, L + 1, V]
     gt, rest = slice(0, rows.n_gt), slice(rows.n_gt, None)
@@ -195,13 +236,19 @@ def batch_loss(
         align = seqkd_loss(logits[rest], rows.answers[rest])
     else:
         on = gt if cfg.method == "tvdkd" else rest  # TVD-KD aligns on ground truth, the others on beams
-        with torch.no_grad():
-            target_logits = logits_of(target, rows.select(on))  # [N, L + 1, V]
         items = rows.answers[on, :L]  # [N, L]
         allowed = answer_allowed(trie, items, logits.shape[-1]) if cfg.mask_to_valid else None  # [N, L, V]
+        with torch.no_grad():
+            if cached is None:
+                target_logits = logits_of(target, rows.select(on))[:, :L]  # [N, L, V]
+            elif allowed is None or rows.prompt_index is None:
+                raise ValueError("Cached target logits need mask_to_valid (they hold the trie-allowed tokens "
+                                 "only) and rows numbered by prompt (batch_rows).")
+            else:
+                target_logits = cached.read(trie, rows.prompt_index[rows.prompt_of[on]], items, allowed)
         mask = torch.ones(items.shape, dtype=torch.bool, device=items.device)  # [N, L]: every item token counts
         extra = {"top_k": cfg.top_k} if cfg.method == "atspeed-s" else {}
-        align = ALIGN_LOSSES[cfg.method](logits[on, :L], target_logits[:, :L], mask,
+        align = ALIGN_LOSSES[cfg.method](logits[on, :L], target_logits, mask,
                                          temperature=cfg.temperature, allowed=allowed, **extra)
     return combine(rec, align, cfg.alpha), {"rec": rec.item(), "align": align.item()}
 
@@ -255,11 +302,15 @@ def align(
     teacher: TeacherData | None,
     out_dir: str | os.PathLike,
     cfg: AlignConfig | None = None,
+    target_logits: str | os.PathLike | None = None,
 ) -> AlignResult:
     """Train `draft` in place to agree with the frozen `target`; save the best draft as `out_dir/final`.
 
     `draft` may be fresh (`new_model("draft", tokenizer)`) or an already trained, unaligned draft.
     `teacher` is required by the methods that align on the target's beams (TEACHER_METHODS).
+    `target_logits`: a folder for the target's logits on the fixed rows (fixed_rows), made there on
+    first use (by the main process; resumed if unfinished) and read by every step instead of the
+    target's forward; ignored where the rows are not fixed.
     """
     cfg = cfg or AlignConfig()
     check_config(cfg, teacher)
@@ -271,6 +322,11 @@ def align(
     set_seed(cfg.seed)
     target = target.to(accelerator.device)
     rec = build_recommender(target, tokenizer, dataset.index, draft)  # checks both vocabularies; trie on device
+    cached = None
+    if target_logits is not None:
+        with accelerator.main_process_first():  # the others find it made
+            folder = make_target_logits(rec, dataset, teacher, cfg, target_logits, accelerator.is_local_main_process)
+        cached = None if folder is None else load_target_logits(folder).to(accelerator.device)
     valid = [c.history for c in eval_cases(dataset, "valid")[: cfg.eval_users]]
     loader = DataLoader(examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=list,
                         generator=torch.Generator().manual_seed(cfg.seed))
@@ -311,7 +367,7 @@ def align(
                 if cfg.on_policy:  # decoded afresh for every batch, by the draft as it is now
                     extra = on_policy_items(rec, accelerator.unwrap_model(model), batch, cfg.teacher_beams)
                 rows = batch_rows(rec.vocab, batch, extra).to(accelerator.device)
-                loss, parts = batch_loss(model, target, rows, cfg, rec.trie)
+                loss, parts = batch_loss(model, target, rows, cfg, rec.trie, cached=cached)
                 accelerator.backward(loss)
                 if cfg.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
