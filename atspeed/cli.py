@@ -4,6 +4,7 @@
     atspeed data synthetic OUT        write the synthetic dataset
     atspeed data prepare LOG OUT      interaction log (CSV/Parquet) -> splits + semantic IDs
     atspeed data fix-index DIR        make every semantic ID of an index unique (one more code)
+    atspeed data reindex DIR --out D  semantic IDs learnt from the train split's co-occurrence
     atspeed train DATA OUT            train a target or draft recommender
     atspeed teacher / align           teacher data, and draft alignment (AtSpeed-S/-R and baselines)
     atspeed evaluate                  Recall/NDCG and speed of every decoding method, table + JSON/CSV/PNG
@@ -259,6 +260,21 @@ def data_fix_index(data_dir: Path, out: Path | None) -> None:
     path, shared = fix_index(data_dir, out)
     click.echo(f"wrote {path}: {shared} items that shared a semantic ID now have their own "
                "(every ID one code longer)")
+
+
+@data.command("reindex")
+@click.argument("data_dir", metavar="DIR", type=FOLDER)
+@click.option("--out", type=NEW_FOLDER, required=True, help="the new dataset folder")
+@click.option("--levels", default=3, show_default=True, help="residual k-means levels (+1 disambiguation level)")
+@click.option("--codes", default=256, show_default=True, help="codes per level")
+@click.option("--seed", default=0, show_default=True)
+def data_reindex(data_dir: Path, out: Path, levels: int, codes: int, seed: int) -> None:
+    """Copy DIR to OUT with semantic IDs learnt from its train split (co-occurrence embeddings and
+    residual k-means, as `data prepare` makes them) instead of its index. Retrain models afterwards."""
+    from atspeed.rec.prepare import reindex
+
+    path = reindex(data_dir, out, levels=levels, codes_per_level=codes, seed=seed)
+    click.echo(f"wrote {path}: semantic IDs from the train split's co-occurrence ({levels + 1} codes per item)")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,7 +28,15 @@ import numpy as np
 import pandas as pd
 
 from atspeed.files import write_dir, write_text
-from atspeed.rec.data import RecDataset, find_index_file, index_json, load_index, save_dataset, shared_ids
+from atspeed.rec.data import (
+    RecDataset,
+    find_index_file,
+    index_json,
+    load_dataset,
+    load_index,
+    save_dataset,
+    shared_ids,
+)
 from atspeed.rec.semantic_ids import (
     add_disambiguation_level,
     cooccurrence_embeddings,
@@ -238,18 +246,49 @@ def fix_index(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if out_dir is None:
         write_text(index_file, fixed)
         return index_file, shared
-    out_dir = Path(out_dir)
+    return _copy_with_index(data_dir, index_file, fixed, Path(out_dir)), shared
+
+
+def reindex(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    levels: int = 3,
+    codes_per_level: int = 256,
+    dim: int = 32,
+    window: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Copy `data_dir` to the new folder `out_dir` with semantic IDs learnt from its train split.
+
+    The IDs are what `prepare_dataset` makes without item features: co-occurrence embeddings of
+    the TRAIN sequences only (valid / test must not shape them), residual k-means, a last code that
+    makes every ID unique. Why: an index made from item text (LC-Rec's Beauty) groups items that
+    read alike; one made from co-occurrence groups items bought by the same users, which is what the
+    next item depends on (Beauty, measured: README). Models trained on the old index must be
+    retrained. Returns the new index file.
+    """
+    data_dir = Path(data_dir)
+    index_file = find_index_file(data_dir)
+    ds = load_dataset(data_dir, allow_duplicate_ids=True)  # its IDs are replaced, shared ones included
+    vectors = cooccurrence_embeddings(list(ds.train.values()), ds.num_items, dim=dim, window=window, seed=seed)
+    codes = residual_kmeans_ids(vectors, levels=levels, codes_per_level=codes_per_level, seed=seed)
+    return _copy_with_index(data_dir, index_file, index_json(ids_to_tokens(codes)), Path(out_dir))
+
+
+def _copy_with_index(data_dir: Path, index_file: Path, index_text: str, out_dir: Path) -> Path:
+    """Write the new folder `out_dir`: `data_dir`'s files, its index replaced by `index_text`; whole or not at all."""
     if out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists: give a new folder for the fixed dataset.")
+        raise FileExistsError(f"{out_dir} exists: give a new folder for the dataset with its new index.")
 
     def write(tmp: Path) -> None:
         for path in data_dir.iterdir():
             if path.is_file() and path != index_file:
                 shutil.copy2(path, tmp / path.name)
-        (tmp / index_file.name).write_text(fixed)
+        (tmp / index_file.name).write_text(index_text)
 
     write_dir(out_dir, write)
-    return out_dir / index_file.name, shared
+    return out_dir / index_file.name
 
 
 def _check_out_dir(out_dir: Path, name: str) -> None:
