@@ -268,13 +268,16 @@ def data_fix_index(data_dir: Path, out: Path | None) -> None:
 @click.option("--levels", default=3, show_default=True, help="residual k-means levels (+1 disambiguation level)")
 @click.option("--codes", default=256, show_default=True, help="codes per level")
 @click.option("--seed", default=0, show_default=True)
-def data_reindex(data_dir: Path, out: Path, levels: int, codes: int, seed: int) -> None:
+@click.option("--include-valid", is_flag=True,
+              help="learn the IDs from train + valid items (for a final fit with `train --include-valid`)")
+def data_reindex(data_dir: Path, out: Path, levels: int, codes: int, seed: int, include_valid: bool) -> None:
     """Copy DIR to OUT with semantic IDs learnt from its train split (co-occurrence embeddings and
     residual k-means, as `data prepare` makes them) instead of its index. Retrain models afterwards."""
     from atspeed.rec.prepare import reindex
 
-    path = reindex(data_dir, out, levels=levels, codes_per_level=codes, seed=seed)
-    click.echo(f"wrote {path}: semantic IDs from the train split's co-occurrence ({levels + 1} codes per item)")
+    path = reindex(data_dir, out, levels=levels, codes_per_level=codes, seed=seed, include_valid=include_valid)
+    split = "train + valid items'" if include_valid else "train split's"
+    click.echo(f"wrote {path}: semantic IDs from the {split} co-occurrence ({levels + 1} codes per item)")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from atspeed.rec.data import (
     load_index,
     save_dataset,
     shared_ids,
+    with_valid_in_train,
 )
 from atspeed.rec.semantic_ids import (
     add_disambiguation_level,
@@ -258,19 +259,23 @@ def reindex(
     dim: int = 32,
     window: int = 3,
     seed: int = 0,
+    include_valid: bool = False,
 ) -> Path:
-    """Copy `data_dir` to the new folder `out_dir` with semantic IDs learnt from its train split.
+    """Copy `data_dir` to the new folder `out_dir` with semantic IDs learnt from its train split
+    (with `include_valid`, from train + valid: for a final fit on train + valid before a test).
 
     The IDs are what `prepare_dataset` makes without item features: co-occurrence embeddings of
-    the TRAIN sequences only (valid / test must not shape them), residual k-means, a last code that
+    the TRAIN sequences only (test must not shape them), residual k-means, a last code that
     makes every ID unique. Why: an index made from item text (LC-Rec's Beauty) groups items that
     read alike; one made from co-occurrence groups items bought by the same users, which is what the
-    next item depends on (Beauty, measured: README). Models trained on the old index must be
-    retrained. Returns the new index file.
+    next item depends on (Beauty, measured: README). Items that never occur in those sequences get
+    seeded random IDs. Models trained on the old index must be retrained. Returns the new index file.
     """
     data_dir = Path(data_dir)
     index_file = find_index_file(data_dir)
     ds = load_dataset(data_dir, allow_duplicate_ids=True)  # its IDs are replaced, shared ones included
+    if include_valid:
+        ds = with_valid_in_train(ds)
     vectors = cooccurrence_embeddings(list(ds.train.values()), ds.num_items, dim=dim, window=window, seed=seed)
     codes = residual_kmeans_ids(vectors, levels=levels, codes_per_level=codes_per_level, seed=seed)
     return _copy_with_index(data_dir, index_file, index_json(ids_to_tokens(codes)), Path(out_dir))

@@ -25,18 +25,33 @@ def test_a_reindexed_dataset_keeps_its_sequences_and_gives_every_item_its_own_id
     assert new.index != old.index
 
 
-def test_ids_are_learnt_from_the_train_split_only(synthetic_dir, tmp_path):
-    changed = tmp_path / "changed"
-    shutil.copytree(synthetic_dir, changed)
+def randomised(data_dir, root, splits):
+    """A copy of the dataset whose `splits` hold 5 random items per user instead of theirs."""
+    shutil.copytree(data_dir, root)
     rng = random.Random(0)
-    num_items = len(load_dataset(synthetic_dir).index)
-    for split in ("valid", "test"):  # every user's valid and test items replaced by 5 random ones
-        users = [line.split()[0] for line in (changed / f"sequential_{split}.txt").read_text().splitlines()]
+    num_items = len(load_dataset(data_dir).index)
+    for split in splits:
+        users = [line.split()[0] for line in (root / f"sequential_{split}.txt").read_text().splitlines()]
         rows = (" ".join([u, *(str(rng.randint(1, num_items)) for _ in range(5))]) for u in users)
-        (changed / f"sequential_{split}.txt").write_text("\n".join(rows) + "\n")
+        (root / f"sequential_{split}.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_ids_are_learnt_from_the_train_split_only(synthetic_dir, tmp_path):
+    changed = randomised(synthetic_dir, tmp_path / "changed", ("valid", "test"))
     reindex(synthetic_dir, tmp_path / "a", levels=2, codes_per_level=32)
     reindex(changed, tmp_path / "b", levels=2, codes_per_level=32)
     assert load_dataset(tmp_path / "a").index == load_dataset(tmp_path / "b").index
+
+
+def test_with_include_valid_the_valid_items_shape_the_ids_and_the_test_items_still_do_not(synthetic_dir, tmp_path):
+    other_test = randomised(synthetic_dir, tmp_path / "other-test", ("test",))
+    other_valid = randomised(synthetic_dir, tmp_path / "other-valid", ("valid",))
+    for name, data in (("a", synthetic_dir), ("b", other_test), ("c", other_valid)):
+        reindex(data, tmp_path / name, levels=2, codes_per_level=32, include_valid=True)
+    a, b, c = (load_dataset(tmp_path / name).index for name in "abc")
+    assert a == b
+    assert a != c
 
 
 def test_the_same_seed_gives_the_same_index(synthetic_dir, tmp_path):
