@@ -348,7 +348,7 @@ def align(
         if stats["acceptance"] > result.best_acceptance:
             result.best_step, result.best_acceptance = step, stats["acceptance"]
             if accelerator.is_main_process:
-                save_final(unwrapped, tokenizer, out_dir)
+                save_final(unwrapped, tokenizer, out_dir, dataset.index)
         if accelerator.is_main_process:
             _write_json(out_dir / "history.json", {"config": asdict(cfg), "best_step": result.best_step,
                                                    "best_acceptance": result.best_acceptance,

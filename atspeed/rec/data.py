@@ -12,6 +12,7 @@ shifts back. Errors name the file and line so a broken file is fixed, not guesse
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter, defaultdict
@@ -291,6 +292,22 @@ def save_dataset(
 def index_json(index: Mapping[int, SemanticID]) -> str:
     """The text of `<name>.index.json` for `index`."""
     return json.dumps({str(i): list(index[i]) for i in sorted(index)})
+
+
+# In a trained model's folder: the fingerprint of the item index it was trained on. Two indexes of one
+# catalogue can use the same tokens for different items (`atspeed data reindex` with another seed),
+# and a model read with the wrong one would recommend the wrong items without any error.
+MODEL_INDEX_FILE = "item_index.json"
+
+
+def index_sha256(index: Mapping[int, SemanticID]) -> str:
+    """Fingerprint of an item index: equal for equal item -> semantic ID maps, whatever their file."""
+    return hashlib.sha256(index_json(index).encode()).hexdigest()
+
+
+def model_index_json(index: Mapping[int, SemanticID]) -> str:
+    """The text of a model folder's MODEL_INDEX_FILE for a model trained on `index`."""
+    return json.dumps({"items": len(index), "index_sha256": index_sha256(index)}) + "\n"
 
 
 def _split_text(seqs: Mapping[int, Sequence[int]], users: Iterable[int], num_items: int) -> str:

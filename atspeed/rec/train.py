@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -52,12 +52,15 @@ from atspeed.files import write_dir, write_text
 from atspeed.hf.compat import length_grouping_args, make_tokenizer_portable, warmup_args
 from atspeed.rec.data import (
     MAX_HISTORY,
+    MODEL_INDEX_FILE,
     EvalCase,
     RecDataset,
     Sample,
+    SemanticID,
     Window,
     eval_cases,
     load_dataset,
+    model_index_json,
     train_samples,
     train_windows,
     with_valid_in_train,
@@ -242,7 +245,7 @@ def train(
     finally:
         for hook in hooks:
             hook.remove()
-    return save_final(trainer.model, tokenizer, out_dir)
+    return save_final(trainer.model, tokenizer, out_dir, dataset.index)
 
 
 def residual_dropout(model: PreTrainedModel, p: float) -> list[torch.utils.hooks.RemovableHandle]:
@@ -328,12 +331,20 @@ def last_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return complete
 
 
-def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike) -> Path:
-    """`save_pretrained` model and tokenizer into `out_dir/final`, atomically (temp folder, then rename)."""
+def save_final(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | os.PathLike,
+    index: Mapping[int, SemanticID] | None = None,
+) -> Path:
+    """`save_pretrained` model and tokenizer into `out_dir/final`, atomically (temp folder, then rename),
+    with the fingerprint of the item `index` it was trained on (MODEL_INDEX_FILE), checked at loading."""
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         make_tokenizer_portable(tmp)  # loads with transformers 4.57 and 5.x alike
+        if index is not None:
+            (tmp / MODEL_INDEX_FILE).write_text(model_index_json(index))
 
     return write_dir(Path(out_dir) / "final", write)

@@ -45,10 +45,10 @@ def beauty_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def target_dir(tokenizer, tmp_path_factory) -> Path:
-    """A saved random tiny target (model + tokenizer folder)."""
+def target_dir(tokenizer, synthetic, tmp_path_factory) -> Path:
+    """A saved random tiny target (model + tokenizer folder, the synthetic index's fingerprint)."""
     torch.manual_seed(3)
     model = new_model("tiny", tokenizer)
     with torch.no_grad():  # a random tiny model is nearly uniform: spread its scores to avoid ties
         model.lm_head.weight.mul_(20.0)
-    return save_final(model, tokenizer, tmp_path_factory.mktemp("target"))
+    return save_final(model, tokenizer, tmp_path_factory.mktemp("target"), synthetic.index)

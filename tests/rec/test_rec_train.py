@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
 from atspeed.rec import train as train_module
-from atspeed.rec.data import eval_cases, load_dataset, with_valid_in_train
+from atspeed.rec.data import MODEL_INDEX_FILE, eval_cases, index_sha256, load_dataset, with_valid_in_train
 from atspeed.rec.recipes import new_model
 from atspeed.rec.tokenizer import decode_items, encode_prompts
 from atspeed.rec.train import IGNORE, SampleDataset, WindowDataset, pad_right, residual_dropout, save_final, train
@@ -109,6 +109,11 @@ def test_final_folder_loads_back_with_the_same_logits_and_tokenizer(run, tokeniz
         torch.testing.assert_close(loaded(**inputs).logits, run.model(**inputs).logits)
     assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
     assert loaded_tokenizer("<a_1><b_2>").input_ids == tokenizer("<a_1><b_2>").input_ids
+
+
+def test_the_final_folder_records_the_index_it_was_trained_on(run, synthetic):
+    recorded = json.loads((run.final / MODEL_INDEX_FILE).read_text())
+    assert recorded == {"items": len(synthetic.index), "index_sha256": index_sha256(synthetic.index)}
 
 
 def test_a_failed_final_save_leaves_no_final_folder(run, tmp_path):
