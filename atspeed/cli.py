@@ -270,12 +270,15 @@ def data_fix_index(data_dir: Path, out: Path | None) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--include-valid", is_flag=True,
               help="learn the IDs from train + valid items (for a final fit with `train --include-valid`)")
-def data_reindex(data_dir: Path, out: Path, levels: int, codes: int, seed: int, include_valid: bool) -> None:
+@click.option("--name", default=None, help="the new dataset's name (<name>.index.json; default: DIR's)")
+def data_reindex(data_dir: Path, out: Path, levels: int, codes: int, seed: int, include_valid: bool,
+                 name: str | None) -> None:
     """Copy DIR to OUT with semantic IDs learnt from its train split (co-occurrence embeddings and
     residual k-means, as `data prepare` makes them) instead of its index. Retrain models afterwards."""
     from atspeed.rec.prepare import reindex
 
-    path = reindex(data_dir, out, levels=levels, codes_per_level=codes, seed=seed, include_valid=include_valid)
+    path = reindex(data_dir, out, levels=levels, codes_per_level=codes, seed=seed, include_valid=include_valid,
+                   name=name)
     split = "train + valid items'" if include_valid else "train split's"
     click.echo(f"wrote {path}: semantic IDs from the {split} co-occurrence ({levels + 1} codes per item)")
 

@@ -185,8 +185,7 @@ def prepare_dataset(
     item in the log needs a row, other rows are ignored. Without features, item vectors come from
     co-occurrence in the train split. Nothing is written unless every step succeeded.
     """
-    if not name or any(ch in name for ch in "/\\") or name.startswith("."):
-        raise ValueError(f"name must be a plain file-name stem, got {name!r}.")
+    _check_name(name)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, name)
     if isinstance(log, pd.DataFrame):
@@ -260,9 +259,12 @@ def reindex(
     window: int = 3,
     seed: int = 0,
     include_valid: bool = False,
+    name: str | None = None,
 ) -> Path:
     """Copy `data_dir` to the new folder `out_dir` with semantic IDs learnt from its train split
-    (with `include_valid`, from train + valid: for a final fit on train + valid before a test).
+    (with `include_valid`, from train + valid: for a final fit on train + valid before a test),
+    under the dataset name `name` (`<name>.index.json`; default: the old name). Another name keeps
+    it apart from the original where names choose models (committed models are `<name>-target`).
 
     The IDs are what `prepare_dataset` makes without item features: co-occurrence embeddings of
     the TRAIN sequences only (test must not shape them), residual k-means, a last code that
@@ -271,6 +273,8 @@ def reindex(
     next item depends on (Beauty, measured: README). Items that never occur in those sequences get
     seeded random IDs. Models trained on the old index must be retrained. Returns the new index file.
     """
+    if name is not None:
+        _check_name(name)
     data_dir = Path(data_dir)
     index_file = find_index_file(data_dir)
     ds = load_dataset(data_dir, allow_duplicate_ids=True)  # its IDs are replaced, shared ones included
@@ -278,11 +282,15 @@ def reindex(
         ds = with_valid_in_train(ds)
     vectors = cooccurrence_embeddings(list(ds.train.values()), ds.num_items, dim=dim, window=window, seed=seed)
     codes = residual_kmeans_ids(vectors, levels=levels, codes_per_level=codes_per_level, seed=seed)
-    return _copy_with_index(data_dir, index_file, index_json(ids_to_tokens(codes)), Path(out_dir))
+    new_file = index_file.name if name is None else f"{name}.index.json"
+    return _copy_with_index(data_dir, index_file, index_json(ids_to_tokens(codes)), Path(out_dir), new_file)
 
 
-def _copy_with_index(data_dir: Path, index_file: Path, index_text: str, out_dir: Path) -> Path:
-    """Write the new folder `out_dir`: `data_dir`'s files, its index replaced by `index_text`; whole or not at all."""
+def _copy_with_index(
+    data_dir: Path, index_file: Path, index_text: str, out_dir: Path, new_file: str | None = None
+) -> Path:
+    """Write the new folder `out_dir`: `data_dir`'s files, its index replaced by `index_text` (in a
+    file named `new_file`, default the old name); whole or not at all."""
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists: give a new folder for the dataset with its new index.")
 
@@ -290,10 +298,15 @@ def _copy_with_index(data_dir: Path, index_file: Path, index_text: str, out_dir:
         for path in data_dir.iterdir():
             if path.is_file() and path != index_file:
                 shutil.copy2(path, tmp / path.name)
-        (tmp / index_file.name).write_text(index_text)
+        (tmp / (new_file or index_file.name)).write_text(index_text)
 
     write_dir(out_dir, write)
-    return out_dir / index_file.name
+    return out_dir / (new_file or index_file.name)
+
+
+def _check_name(name: str) -> None:
+    if not name or any(ch in name for ch in "/\\") or name.startswith("."):
+        raise ValueError(f"name must be a plain file-name stem, got {name!r}.")
 
 
 def _check_out_dir(out_dir: Path, name: str) -> None:

@@ -61,6 +61,19 @@ def test_the_same_seed_gives_the_same_index(synthetic_dir, tmp_path):
     assert a.read_text() == b.read_text()
 
 
+def test_a_new_name_names_the_index_file_and_the_dataset(synthetic_dir, tmp_path):
+    path = reindex(synthetic_dir, tmp_path / "cf", levels=2, codes_per_level=32, name="synthetic-cf")
+    assert path.name == "synthetic-cf.index.json"
+    assert [p.name for p in (tmp_path / "cf").glob("*.index.json")] == ["synthetic-cf.index.json"]
+    assert load_dataset(tmp_path / "cf").name == "synthetic-cf"
+
+
+def test_a_name_that_is_not_a_file_stem_is_refused(synthetic_dir, tmp_path):
+    with pytest.raises(ValueError, match="plain file-name stem"):
+        reindex(synthetic_dir, tmp_path / "cf", name="../x")
+    assert not (tmp_path / "cf").exists()
+
+
 def test_an_existing_output_folder_is_refused(synthetic_dir, tmp_path):
     (tmp_path / "cf").mkdir()
     with pytest.raises(FileExistsError, match="give a new folder"):
