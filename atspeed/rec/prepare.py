@@ -293,15 +293,16 @@ def _copy_with_index(
     file named `new_file`, default the old name); whole or not at all."""
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists: give a new folder for the dataset with its new index.")
+    new_file = new_file or index_file.name
 
     def write(tmp: Path) -> None:
         for path in data_dir.iterdir():
             if path.is_file() and path != index_file:
                 shutil.copy2(path, tmp / path.name)
-        (tmp / (new_file or index_file.name)).write_text(index_text)
+        (tmp / new_file).write_text(index_text)
 
     write_dir(out_dir, write)
-    return out_dir / (new_file or index_file.name)
+    return out_dir / new_file
 
 
 def _check_name(name: str) -> None:

@@ -146,14 +146,15 @@ def load_recommender(
     allow_duplicate_ids: bool = False,
 ) -> Recommender:
     """Load a saved target (folder with model + tokenizer), optional draft, and the dataset's item index."""
-    index = load_index(find_index_file(data_dir), allow_duplicate_ids=allow_duplicate_ids)
+    index_file = find_index_file(data_dir)
+    index = load_index(index_file, allow_duplicate_ids=allow_duplicate_ids)
     folder = model_dir(target_dir)
     if not (folder / "tokenizer.json").exists():
         raise FileNotFoundError(f"{folder}: no tokenizer.json; a model folder holds the tokenizer it was trained with.")
     tokenizer = _load(folder, "tokenizer", AutoTokenizer.from_pretrained)
     for role, path in (("target", target_dir), ("draft", draft_dir)):
         if path is not None:
-            check_index(model_dir(path), index, role, find_index_file(data_dir))
+            check_index(model_dir(path), index, role, index_file)
     target = load_model(target_dir, device, dtype)
     draft = load_model(draft_dir, device, dtype) if draft_dir is not None else None
     return build_recommender(target, tokenizer, index, draft)
