@@ -7,9 +7,10 @@ Same split, same users (`eval_cases(ds, "test")`, all of them unless --users), s
 (`atspeed.rec.metrics.evaluate`). The generative models are decoded by trie-constrained beam search
 with K beams for each K (tree attention: exactly HF's lists), batched. Popularity ranks the items of
 train + valid; SASRec's figures are read from its own run (`benchmarks/sasrec.py`, the JSON given by
---sasrec; the row is left out when that file is missing). The goal lines compare the target with
-them: Recall/NDCG >= 2x popularity at every K, NDCG@10 >= SASRec's, and the draft's Recall as a
-fraction of the target's. Writes benchmarks/results/<data>_quality.{md,json}.
+--sasrec; the row is left out, with a note, when that file is missing or was made on other
+interactions or users: its `splits_sha256` must be this dataset's, so a reindexed copy matches).
+The goal lines compare the target with them: Recall/NDCG >= 2x popularity at every K, NDCG@10 >=
+SASRec's, and the draft's Recall as a fraction of the target's. Writes benchmarks/results/<data>_quality.{md,json}.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import transformers
 
 from atspeed.files import write_text
 from atspeed.rec.baselines import popularity_lists
-from atspeed.rec.data import eval_cases, load_dataset
+from atspeed.rec.data import RecDataset, eval_cases, load_dataset, splits_sha256
 from atspeed.rec.evaluate import evaluate_decoding
 from atspeed.rec.metrics import evaluate
 from atspeed.rec.recommend import build_recommender, load_recommender
@@ -64,6 +65,22 @@ def goals(rows: dict[str, dict[str, float]], ks) -> list[str]:
     return lines
 
 
+def sasrec_row(path: Path, ds: RecDataset, users: int) -> dict[str, float] | None:
+    """SASRec's test metrics from benchmarks/sasrec.py's JSON where it ran on `ds`'s interactions and
+    `users` test users (the split fingerprint; the dataset name for files older than it), else None."""
+    if not path.exists():
+        print(f"no SASRec row: {path} does not exist")
+        return None
+    report = json.loads(path.read_text())
+    meta = report["meta"]
+    same_split = meta["splits_sha256"] == splits_sha256(ds) if "splits_sha256" in meta else meta["dataset"] == ds.name
+    if not same_split or meta["users"] != users:
+        print(f"no SASRec row: {path} was made on other interactions or users ({meta['dataset']}, {meta['users']} "
+              f"test users) than these ({ds.name}, {users})")
+        return None
+    return report["test"]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True)
@@ -81,10 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     rec = load_recommender(args.target, args.data, args.draft, allow_duplicate_ids=True)
     rows: dict[str, dict[str, float]] = {"popularity": evaluate(popularity_lists(ds, cases, max(ks)),
                                                                 [c.truth for c in cases], ks)}
-    if args.sasrec.exists():
-        sasrec = json.loads(args.sasrec.read_text())
-        if sasrec["meta"]["dataset"] == ds.name and sasrec["meta"]["users"] == len(cases):
-            rows["SASRec"] = sasrec["test"]
+    sasrec = sasrec_row(args.sasrec, ds, len(cases))
+    if sasrec is not None:
+        rows["SASRec"] = sasrec
     seconds = {}
     if rec.draft is not None:
         draft = build_recommender(rec.draft, rec.tokenizer, rec.index)

@@ -41,6 +41,8 @@ import argparse
 import json
 import math
 import platform
+import shlex
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,7 +53,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from atspeed.rec.baselines import popularity_lists
-from atspeed.rec.data import MAX_HISTORY, RecDataset, eval_cases, load_dataset, train_windows, with_valid_in_train
+from atspeed.rec.data import (
+    MAX_HISTORY,
+    RecDataset,
+    eval_cases,
+    load_dataset,
+    splits_sha256,
+    train_windows,
+    with_valid_in_train,
+)
 from atspeed.rec.metrics import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,6 +294,7 @@ def main() -> None:
     report = {
         "meta": {
             "dataset": ds.name,
+            "splits_sha256": splits_sha256(ds),  # bench_quality matches this run to a reindexed copy by it
             "split": "test",
             "users": users,
             "torch": torch.__version__,
@@ -301,6 +312,7 @@ def main() -> None:
         "stopped": r.stopped,
         "train_seconds": r.train_seconds,
         "history": r.history,
+        "command": " ".join(["python", *map(shlex.quote, sys.argv)]) + f" ({args.threads} thread)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

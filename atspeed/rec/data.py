@@ -305,6 +305,18 @@ def index_sha256(index: Mapping[int, SemanticID]) -> str:
     return hashlib.sha256(index_json(index).encode()).hexdigest()
 
 
+def splits_sha256(ds: RecDataset) -> str:
+    """Fingerprint of a dataset's train / valid / test interactions, whatever its name and item index:
+    equal for a dataset and its `atspeed data reindex` copy, so results computed on item ids (SASRec,
+    popularity) can be matched to it."""
+    h = hashlib.sha256()
+    for split in SPLITS:
+        seqs = getattr(ds, split)
+        h.update(f"{split}\n".encode())
+        h.update("".join(f"{u} {' '.join(map(str, seqs[u]))}\n" for u in sorted(seqs)).encode())
+    return h.hexdigest()
+
+
 def model_index_json(index: Mapping[int, SemanticID]) -> str:
     """The text of a model folder's MODEL_INDEX_FILE for a model trained on `index`."""
     return json.dumps({"items": len(index), "index_sha256": index_sha256(index)}) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -13,6 +14,7 @@ from atspeed.rec.data import (
     load_dataset,
     recent,
     save_dataset,
+    splits_sha256,
     train_samples,
     train_windows,
     with_valid_in_train,
@@ -188,6 +190,19 @@ def test_semantic_ids_must_have_one_length(tmp_path):
     index = dict(INDEX, **{"3": ["<a_1>", "<b_0>", "<c_0>"]})
     with pytest.raises(ValueError, match=r"item 3 has 3 tokens \['<a_1>', '<b_0>', '<c_0>'\] but the other IDs have 4"):
         load_dataset(write(tmp_path, index=index))
+
+
+def test_splits_fingerprint_ignores_the_name_and_the_item_index(tmp_path):
+    other_index = {str(i): [f"<a_{i}>", "<b_0>", "<c_0>", "<d_0>"] for i in range(4)}
+    ds = load_dataset(write(tmp_path / "a"))
+    reindexed = replace(load_dataset(write(tmp_path / "b", index=other_index)), name="toy-cf")
+    assert splits_sha256(reindexed) == splits_sha256(ds)
+
+
+def test_splits_fingerprint_changes_with_one_interaction(tmp_path):
+    ds = load_dataset(write(tmp_path / "a"))
+    moved = load_dataset(write(tmp_path / "b", test="1 2 3\n2\n3 1\n"))
+    assert splits_sha256(moved) != splits_sha256(ds)
 
 
 def test_save_then_load_gives_the_same_dataset(tmp_path):
