@@ -1,7 +1,8 @@
 """Draft alignment, compared: how much each alignment method speeds up speculative beam search.
 
     # 1. teacher data (target's top-20) for the train prompts of the first --train-users users
-    # 2. fine-tune a copy of the starting draft with each method for --steps steps (same seed / data)
+    # 2. fine-tune a copy of the starting draft with each method for --epochs epochs (default 1) or
+    #    --steps steps (same seed / data); --skip-eval stops here (split the methods over processes)
     # 3. on the first --eval-users test users, for each K: HF beam search and tree attention once,
     #    then strict and relaxed speculative beam search with every draft (and the untouched start)
     python benchmarks/bench_align.py --data .beauty --target /tmp/beauty/beauty-target/final \\
@@ -107,7 +108,8 @@ def train_all(args, rec: Recommender, subset: RecDataset, teacher, log) -> dict[
             log(f"[{method}] already trained ({done}); reusing it")
             continue
         draft = load_draft(args.draft, args.device).train()
-        cfg = AlignConfig(method=method, alpha=args.alpha, max_steps=args.steps, batch_size=args.batch_size,
+        cfg = AlignConfig(method=method, alpha=args.alpha, epochs=args.epochs, max_steps=args.steps,
+                          batch_size=args.batch_size,
                           lr=args.lr, seed=args.seed, eval_every=args.align_eval_every,
                           eval_users=args.align_eval_users, k=args.teacher_k, draft_beams=args.draft_beams,
                           gamma=args.gamma, teacher_beams=args.teacher_k)
@@ -236,7 +238,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="work folder: teacher/, <method>/, log, results")
     ap.add_argument("--methods", type=_methods, default=list(METHODS), help="comma-separated (default: all)")
     ap.add_argument("--train-users", type=int, default=2000, help="align on the train sequences of the first N users")
-    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per method")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per method (default: --epochs epochs)")
+    ap.add_argument("--epochs", type=int, default=1, help="passes over the alignment samples (unless --steps)")
     ap.add_argument("--eval-users", type=int, default=200, help="the first M test users")
     ap.add_argument("--ks", type=_ints, default=[1, 3, 5, 10, 20])
     ap.add_argument("--draft-beams", type=int, default=40, help="N (at least K)")
@@ -254,6 +257,8 @@ def main() -> None:
     ap.add_argument("--target-logits", action=argparse.BooleanOptionalAction, default=True,
                     help="compute the target's logits on the fixed training rows once, in OUT/target-logits")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-eval", action="store_true",
+                    help="train (and make the caches) only: split the methods over processes, then evaluate once")
     ap.add_argument("--warmup", type=int, default=2, help="untimed users before each timed run")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
@@ -261,8 +266,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.align_eval_every is None:
-        args.align_eval_every = max(1, args.steps // 4)
     args.out.mkdir(parents=True, exist_ok=True)
     log_lines: list[str] = []
 
@@ -287,6 +290,9 @@ def main() -> None:
         f"{len(subset.users)} users ({n_samples} train samples, {n_samples / args.batch_size:.0f} batches of "
         f"{args.batch_size}); target {n_params(rec.target) / 1e6:.2f}M params, draft "
         f"{n_params(start_draft) / 1e6:.2f}M params")
+    steps = args.steps or args.epochs * math.ceil(n_samples / args.batch_size)
+    if args.align_eval_every is None:
+        args.align_eval_every = max(1, steps // 4)
 
     teacher = None
     if any(m in TEACHER_METHODS for m in args.methods):
@@ -297,6 +303,8 @@ def main() -> None:
             f"({args.out / 'teacher'})")
 
     training = train_all(args, rec, subset, teacher, log)
+    if args.skip_eval:
+        return
     drafts = {"start": start_draft}
     for method in args.methods:
         drafts[method] = load_draft(args.out / method / ("final" if args.checkpoint == "final" else "last/final"),
@@ -314,7 +322,7 @@ def main() -> None:
           "machine: " + ", ".join(f"{k} {v}" for k, v in mach.items()), "",
           (f"target {n_params(rec.target) / 1e6:.2f}M params ({args.target}), drafts "
           f"{n_params(start_draft) / 1e6:.2f}M params (start: {args.draft}); alignment: first {args.train_users} "
-          f"users' train prompts, {args.steps} steps x batch {args.batch_size}, lr {args.lr}, alpha {args.alpha}, "
+          f"users' train prompts, {steps} steps x batch {args.batch_size}, lr {args.lr}, alpha {args.alpha}, "
           f"teacher top-{args.teacher_k}, seed {args.seed}, "
           f"evaluated checkpoint: {args.checkpoint}; evaluation: first {len(cases)} test users, batch 1, "
           f"N = max({args.draft_beams}, K) draft beams, gamma {args.gamma}, {args.warmup} warm-up users per run."), "",
