@@ -1,0 +1,117 @@
+"""Alignment over seeds: mean and spread of bench_align.py's figures across runs that differ only in --seed.
+
+    python benchmarks/align_seeds.py runs/align/seed0/align_beauty-cf.json runs/align/seed1/align_beauty-cf.json \\
+        runs/align/seed2/align_beauty-cf.json --out benchmarks/results/align_beauty-cf_seeds
+
+For each verification (strict, relaxed), K and draft: accepted levels per round, target calls per
+user and speedup over HF beam search, as mean ± sample standard deviation over the seeds; then, for
+each verification and K, the leading method and whether its lead over the runner-up exceeds their
+spreads (the lead counts only when mean difference > the larger of the two standard deviations).
+The untouched starting draft is the same in every seed: its spread is timing noise only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from atspeed.files import write_text
+
+METRICS = (("accepted_levels_per_round", "levels/round", ".3f"), ("target_calls_per_user", "target calls", ".2f"),
+           ("speedup_vs_hf", "speedup vs HF", ".2f"))
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def collect(runs: list[dict]) -> dict[tuple[str, int, str], dict[str, list[float]]]:
+    """(verification, K, draft) -> metric -> one value per run (speculative rows only)."""
+    out: dict[tuple[str, int, str], dict[str, list[float]]] = {}
+    for run in runs:
+        for row in run["rows"]:
+            if row["verification"] not in ("strict", "relaxed"):
+                continue
+            cell = out.setdefault((row["verification"], row["k"], row["draft"]), {m: [] for m, _, _ in METRICS})
+            for metric, _, _ in METRICS:
+                cell[metric].append(row[metric])
+    return out
+
+
+def leader(cells: dict[str, dict[str, list[float]]]) -> str:
+    """The method with the most accepted levels per round, and whether it leads beyond the spread."""
+    ranked = sorted(((mean_sd(c["accepted_levels_per_round"]), d) for d, c in cells.items() if d != "start"),
+                    reverse=True)
+    (m1, s1), first = ranked[0]
+    (m2, s2), second = ranked[1]
+    clear = m1 - m2 > max(s1, s2)
+    return f"{first} ({m1:.3f}) over {second} ({m2:.3f}): " + ("beyond the spread" if clear else "within the spread")
+
+
+PER_RUN = ("seed", "out", "results_dir", "threads")  # settings that may differ between the runs
+
+
+def check_same_settings(runs: list[dict], paths: list[Path]) -> None:
+    """Refuse runs that differ in anything but the seed (and where they wrote): their spread would mix causes."""
+    base = {k: v for k, v in runs[0]["settings"].items() if k not in PER_RUN}
+    for run, path in zip(runs[1:], paths[1:], strict=True):
+        other = {k: v for k, v in run["settings"].items() if k not in PER_RUN}
+        diff = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
+        if diff:
+            raise SystemExit(f"{path} differs from {paths[0]} in {', '.join(diff)}, not only the seed.")
+
+
+def report(runs: list[dict], paths: list[Path]) -> str:
+    seeds = [r["settings"]["seed"] for r in runs]
+    cells = collect(runs)
+    ks = sorted({k for _, k, _ in cells})
+    drafts = list(dict.fromkeys(d for _, _, d in cells))
+    first = runs[0]
+    lines = [f"# Draft alignment on {first['dataset']} over seeds {', '.join(map(str, seeds))}", "",
+             f"`python benchmarks/align_seeds.py {' '.join(map(str, paths))}`", "",
+             f"Each run: `{first['command']}` (with its own --seed and --out).", "",
+             "Mean ± standard deviation over the seeds.", ""]
+    for verification in ("strict", "relaxed"):
+        for metric, title, fmt in METRICS:
+            lines += [f"## {verification}: {title}", "",
+                      "| draft | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+            for d in drafts:
+                vals = [mean_sd(cells[(verification, k, d)][metric]) if (verification, k, d) in cells else None
+                        for k in ks]
+                lines.append(f"| {d} | " + " | ".join("-" if v is None else f"{v[0]:{fmt}} ± {v[1]:{fmt}}"
+                                                        for v in vals) + " |")
+            lines.append("")
+        lines += [f"## {verification}: leading method by K", ""]
+        for k in ks:
+            at_k = {d: cells[(verification, k, d)] for d in drafts if (verification, k, d) in cells}
+            lines.append(f"- K={k}: {leader(at_k)}")
+        lines.append("")
+    lines += ["## Validation acceptance during training (strict, last check, mean ± sd)", "",
+              "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+              "|---|" + "---|" * (len(seeds) + 1)]
+    for method in first["training"]:
+        last = [r["training"][method]["history"][-1]["acceptance"] for r in runs]
+        start = [r["training"][method]["history"][0]["acceptance"] for r in runs]
+        m, s = mean_sd(last)
+        lines.append(f"| {method} | " + " | ".join(f"{v:.3f}" for v in last) + f" | {m:.3f} ± {s:.3f} "
+                     f"(start {statistics.fmean(start):.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path, nargs="+", help="bench_align.py JSON files, one per seed")
+    ap.add_argument("--out", type=Path, default=None, help="write OUT.md (and print)")
+    args = ap.parse_args()
+    runs = [json.loads(p.read_text()) for p in args.runs]
+    check_same_settings(runs, args.runs)
+    text = report(runs, args.runs)
+    print(text)
+    if args.out is not None:
+        write_text(args.out.with_suffix(".md"), text)
+
+
+if __name__ == "__main__":
+    main()
