@@ -305,6 +305,22 @@ def index_sha256(index: Mapping[int, SemanticID]) -> str:
     return hashlib.sha256(index_json(index).encode()).hexdigest()
 
 
+def check_index(folder: Path, index: Mapping[int, SemanticID], role: str, index_file: str | os.PathLike) -> None:
+    """A model whose folder records the item index it was trained on (MODEL_INDEX_FILE) is only read
+    with that index: the same tokens may name other items in another one. Folders without it pass."""
+    recorded = folder / MODEL_INDEX_FILE
+    if not recorded.exists():
+        return
+    try:
+        trained_on = json.loads(recorded.read_text())["index_sha256"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{recorded}: not a valid item-index fingerprint ({e}).") from e
+    if trained_on != index_sha256(index):
+        raise ValueError(f"The {role} in {folder} was trained on another item index than {index_file} (its "
+                         f"{MODEL_INDEX_FILE} records another fingerprint): its tokens would name other items. "
+                         "Use the dataset it was trained on, or retrain it on this one.")
+
+
 def splits_sha256(ds: RecDataset) -> str:
     """Fingerprint of a dataset's train / valid / test interactions, whatever its name and item index:
     equal for a dataset and its `atspeed data reindex` copy, so results computed on item ids (SASRec,

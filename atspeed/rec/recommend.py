@@ -17,7 +17,6 @@ and every method yields the same result type (`TreeBeamOutput`: sequences, score
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,10 +40,9 @@ from atspeed.hf.generate import TreeBeamOutput, generate_with_tree_attention
 from atspeed.hf.speculative import generate_speculative
 from atspeed.rec.data import (
     MAX_HISTORY,
-    MODEL_INDEX_FILE,
     SemanticID,
+    check_index,
     find_index_file,
-    index_sha256,
     load_index,
     recent,
 )
@@ -158,22 +156,6 @@ def load_recommender(
     target = load_model(target_dir, device, dtype)
     draft = load_model(draft_dir, device, dtype) if draft_dir is not None else None
     return build_recommender(target, tokenizer, index, draft)
-
-
-def check_index(folder: Path, index: Mapping[int, SemanticID], role: str, index_file: Path) -> None:
-    """A model whose folder records the item index it was trained on (MODEL_INDEX_FILE) is only read
-    with that index: the same tokens may name other items in another one. Folders without it pass."""
-    recorded = folder / MODEL_INDEX_FILE
-    if not recorded.exists():
-        return
-    try:
-        trained_on = json.loads(recorded.read_text())["index_sha256"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{recorded}: not a valid item-index fingerprint ({e}).") from e
-    if trained_on != index_sha256(index):
-        raise ValueError(f"The {role} in {folder} was trained on another item index than {index_file} (its "
-                         f"{MODEL_INDEX_FILE} records another fingerprint): its tokens would name other items. "
-                         "Use the dataset it was trained on, or retrain it on this one.")
 
 
 def committed_models(data_dir: str | os.PathLike) -> tuple[Path, Path | None] | None:

@@ -58,6 +58,7 @@ from atspeed.rec.data import (
     Sample,
     SemanticID,
     Window,
+    check_index,
     eval_cases,
     load_dataset,
     model_index_json,
@@ -234,11 +235,13 @@ def train(
         eval_dataset=cases,
         data_collator=partial(pad_right, pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,  # checkpoints then hold the tokenizer too
-        callbacks=[_MarkComplete(), *([EarlyStoppingCallback(patience)] if validate else [])],
+        callbacks=[_MarkComplete(dataset.index), *([EarlyStoppingCallback(patience)] if validate else [])],
         index=dataset.index,
         eval_k=eval_k,
     )
     checkpoint = last_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:  # resuming on another index would train its tokens on other items
+        check_index(checkpoint, dataset.index, "checkpoint", f"dataset {dataset.name!r}'s")
     hooks = residual_dropout(model, dropout)
     try:
         trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
@@ -309,11 +312,17 @@ def train_recipe(
 
 
 class _MarkComplete(TrainerCallback):
-    """Marks a checkpoint COMPLETE once the Trainer has written all of its files."""
+    """Marks a checkpoint COMPLETE once the Trainer has written all of its files, with the fingerprint
+    of the item index it is trained on (MODEL_INDEX_FILE): a checkpoint is a model folder too."""
+
+    def __init__(self, index: Mapping[int, SemanticID]):
+        self.index_json = model_index_json(index)
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
-            write_text(Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE, f"{state.global_step}\n")
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_text(folder / MODEL_INDEX_FILE, self.index_json)
+            write_text(folder / COMPLETE, f"{state.global_step}\n")
 
 
 def last_checkpoint(out_dir: str | os.PathLike) -> Path | None:

@@ -4,7 +4,7 @@ learns, saves a folder that loads back, resumes from its checkpoint and decodes 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -114,6 +114,20 @@ def test_final_folder_loads_back_with_the_same_logits_and_tokenizer(run, tokeniz
 def test_the_final_folder_records_the_index_it_was_trained_on(run, synthetic):
     recorded = json.loads((run.final / MODEL_INDEX_FILE).read_text())
     assert recorded == {"items": len(synthetic.index), "index_sha256": index_sha256(synthetic.index)}
+
+
+def test_each_checkpoint_records_the_index_it_was_trained_on(run, synthetic):
+    recorded = json.loads((run.final.parent / f"checkpoint-{STEPS}" / MODEL_INDEX_FILE).read_text())
+    assert recorded["index_sha256"] == index_sha256(synthetic.index)
+
+
+def test_resuming_a_checkpoint_trained_on_another_index_is_refused(synthetic, tokenizer, tmp_path):
+    train(new_model("tiny", tokenizer), tokenizer, synthetic, tmp_path, max_steps=2, save_steps=2)
+    swapped = dict(synthetic.index)
+    swapped[0], swapped[1] = synthetic.index[1], synthetic.index[0]  # same tokens, two items exchanged
+    with pytest.raises(ValueError, match="another item index"):
+        train(new_model("tiny", tokenizer), tokenizer, replace(synthetic, index=swapped), tmp_path, max_steps=4,
+              save_steps=2)
 
 
 def test_a_failed_final_save_leaves_no_final_folder(run, tmp_path):
