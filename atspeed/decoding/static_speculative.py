@@ -326,6 +326,7 @@ def static_speculative_beam_search(
             "steps": state.cur_len - cfg.prompt_len,
             "n_run": len(counters.per_round),
             "rounds_per_request": counters.rounds.tolist(),
+            "accepted_per_request": counters.accepted.tolist(),
             # per request on average (a batch's requests run different numbers of rounds)
             "total_accept_steps": float(counters.accepted.float().mean()),
             "drafted_levels": float(counters.drafted.float().mean()),

@@ -82,8 +82,8 @@ class Recommendations:
     scores: torch.Tensor  # [U, K] beam scores (log-probability / length)
     seconds: float = 0.0  # wall time of all decoding calls
     target_calls: float = 0.0  # target forward passes per user (a batch's calls count for each of its users)
-    rounds: int = 0  # speculative: draft-verify rounds, summed over batches
-    accepted_levels: int = 0  # speculative: drafted levels accepted, summed over rounds
+    rounds: int = 0  # speculative: each user's draft-verify rounds, summed over users
+    accepted_levels: int = 0  # speculative: each user's accepted drafted levels, summed over users
     per_batch: list[dict] = field(default_factory=list)
 
 
@@ -268,12 +268,15 @@ def recommend(
     seed: int = 0,
     max_history: int = MAX_HISTORY,
     progress: bool = False,
+    engine: str = "auto",
 ) -> Recommendations:
     """The top-`k` items for each history (0-based item ids, oldest first; the last `max_history` are used).
 
     Users are decoded `batch_size` at a time (left-padded). Speculative methods need `rec.draft`
     and use N = `draft_beams` (default 2K) draft beams and `gamma` drafted levels per round. The
     sampling methods are seeded with `seed`, and their K draws are returned best score first.
+    `engine` ("auto", "static", "dynamic"; see atspeed.hf.engine) picks the tree and speculative
+    methods' decoding path: "static" lets every user of a batch accept on its own, as decoded alone.
     """
     check_method(method, has_draft=rec.draft is not None)
     check_k(k, rec.num_items)
@@ -291,20 +294,30 @@ def recommend(
                           desc=method, unit="batch", disable=not progress, leave=False):
             calls.count = 0
             with Timer(rec.target.device) as timer:
-                decoded = _decode(rec, batch, k, method, draft_beams or 2 * k, gamma)
+                decoded = _decode(rec, batch, k, method, draft_beams or 2 * k, gamma, engine)
             items, batch_scores = _ranked_items(rec, decoded, len(batch), k, method)
             out.items += items
             scores.append(batch_scores)
             stats = {key: decoded.stats[key] for key in ("n_run", "total_accept_steps") if key in decoded.stats}
             out.seconds += timer.time_cost
             out.target_calls += calls.count * len(batch)
-            out.rounds += stats.get("n_run", 0)
-            out.accepted_levels += stats.get("total_accept_steps", 0)
+            rounds, accepted = _user_counts(decoded.stats, len(batch))
+            out.rounds += rounds
+            out.accepted_levels += accepted
             out.per_batch.append({"users": len(batch), "seconds": timer.time_cost, "target_calls": calls.count,
                                   **stats})
     out.scores = torch.cat(scores) if scores else out.scores
     out.target_calls /= max(1, len(histories))
     return out
+
+
+def _user_counts(stats: dict, users: int) -> tuple[int, int]:
+    """Rounds and accepted levels summed over a batch's users, so that their ratio is the acceptance a
+    user sees whatever the batch size: the engine's users advance on their own (per-user counters),
+    a lockstep batch's users share every round and its accepted levels."""
+    if "rounds_per_request" in stats:
+        return sum(stats["rounds_per_request"]), sum(stats["accepted_per_request"])
+    return stats.get("n_run", 0) * users, stats.get("total_accept_steps", 0) * users
 
 
 def _batches(histories: Sequence[tuple[int, ...]], size: int) -> Iterator[Sequence[tuple[int, ...]]]:
@@ -313,7 +326,8 @@ def _batches(histories: Sequence[tuple[int, ...]], size: int) -> Iterator[Sequen
 
 
 def _decode(
-    rec: Recommender, histories: Sequence[Sequence[int]], k: int, method: str, draft_beams: int, gamma: int
+    rec: Recommender, histories: Sequence[Sequence[int]], k: int, method: str, draft_beams: int, gamma: int,
+    engine: str = "auto",
 ) -> TreeBeamOutput:
     """One batch through the method's own entry point: [B*k, prompt_len + L] sequences, [B*k] scores
     and the core's counters (speculative: n_run rounds, total_accept_steps)."""
@@ -338,9 +352,9 @@ def _decode(
     if method in ("hf", "hf-sample"):
         return _hf_generate(rec.target, **settings)
     if method == "tree":
-        return generate_with_tree_attention(rec.target, always_beam=True, step_scores=False, **settings)
+        return generate_with_tree_attention(rec.target, always_beam=True, step_scores=False, engine=engine, **settings)
     return generate_speculative(rec.target, rec.draft, draft_beams=max(k, draft_beams), schedule=DraftSchedule(gamma),
-                                **settings)
+                                engine=engine, **settings)
 
 
 def _hf_generate(model: PreTrainedModel, **settings: object) -> TreeBeamOutput:

@@ -1,5 +1,6 @@
 """recommend(): every decoding method returns K valid, distinct items per user; the exact methods
-return HF's list, the samplers seeded draws best first; bad inputs (unknown items, mismatched vocabularies, missing draft) are refused."""
+return HF's list, the samplers seeded draws best first; bad inputs (unknown items, mismatched
+vocabularies, missing draft) are refused."""
 
 from __future__ import annotations
 
@@ -77,6 +78,24 @@ def test_target_calls_are_counted_per_user(rec):
     assert hf.target_calls == rec.vocab.id_length  # one forward per generated token
     assert 1 <= sd.target_calls <= rec.vocab.id_length
     assert sd.rounds >= 2  # one or more per batch
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_strict_acceptance_on_the_engine_is_counted_per_user_whatever_the_batch_size(rec, k):
+    """Each user's own rounds and accepted levels: a batch on the static engine, where users advance
+    on their own, counts what batch size 1 counts."""
+    histories = HISTORIES * 3
+    alone = recommend(rec, histories, k, method="speculative", batch_size=1, engine="static")
+    together = recommend(rec, histories, k, method="speculative", batch_size=len(histories), engine="static")
+    assert alone.rounds >= len(histories)
+    assert (together.rounds, together.accepted_levels) == (alone.rounds, alone.accepted_levels)
+
+
+def test_a_lockstep_batch_counts_its_shared_rounds_for_every_user(rec):
+    out = recommend(rec, HISTORIES, 5, method="speculative", batch_size=len(HISTORIES), engine="dynamic")
+    (batch,) = out.per_batch
+    assert (out.rounds, out.accepted_levels) == (batch["n_run"] * len(HISTORIES),
+                                                  batch["total_accept_steps"] * len(HISTORIES))
 
 
 @pytest.mark.parametrize("method", ["hf-sample", "speculative-relaxed"])
