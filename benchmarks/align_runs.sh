@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The alignment comparison over seeds on a 2-core CPU: bench_align.py split over two processes.
+#
+#   benchmarks/align_runs.sh WORK USERS LR "SEEDS" EVAL_USERS
+#   benchmarks/align_runs.sh /work/runs/align/u2000 2000 1e-4 "0 1 2" 200      # align_beauty-cf_u2000/
+#
+# 1. once: teacher data and the target's logits for the first USERS users' train prompts, in
+#    WORK/cache (one step of one teacher method and of TVD-KD makes both; 2 threads);
+# 2. per seed: the six methods, one epoch each, on two processes of one thread (train only);
+# 3. per seed: the evaluation on the first EVAL_USERS test users (2 threads), the last checkpoint;
+# 4. the mean and spread over seeds: WORK/seeds.md.
+# Every step resumes (rerun the script after an interruption); DATA, TARGET and DRAFT may be overridden.
+set -euo pipefail
+work=$1; users=$2; lr=$3; seeds=$4; eval_users=$5
+data=${DATA:-/work/runs/beauty-cf}
+target=${TARGET:-atspeed/rec/pretrained/beauty-cf-target}
+draft=${DRAFT:-atspeed/rec/pretrained/beauty-cf-draft}
+bench="python benchmarks/bench_align.py --data $data --target $target --draft $draft --train-users $users --lr $lr
+  --align-eval-users 100"
+mkdir -p "$work"
+
+if [ ! -e "$work/cache/cache.done" ]; then
+  OMP_NUM_THREADS=2 $bench --out "$work/cache" --steps 1 --threads 2 --results-dir "$work/cache" --skip-eval \
+    --methods atspeed-s,tvdkd > "$work/cache.log" 2>&1
+  echo done > "$work/cache/cache.done"
+fi
+
+for seed in $seeds; do
+  out=$work/seed$seed
+  mkdir -p "$out"
+  for d in teacher target-logits; do [ -e "$out/$d" ] || ln -s "$work/cache/$d" "$out/$d"; done
+  [ -e "$out/train.done" ] && continue
+  common="--out $out --epochs 1 --seed $seed --threads 1 --results-dir $out --skip-eval"
+  OMP_NUM_THREADS=1 $bench $common --methods atspeed-s,atspeed-r,none >> "$out/a.log" 2>&1 &
+  a=$!
+  OMP_NUM_THREADS=1 $bench $common --methods tvdkd,seqkd,wordkd >> "$out/b.log" 2>&1
+  wait $a
+  echo done > "$out/train.done"
+done
+
+runs=()
+for seed in $seeds; do
+  out=$work/seed$seed
+  if ! ls "$out"/align_*.json > /dev/null 2>&1; then
+    OMP_NUM_THREADS=2 $bench --out "$out" --epochs 1 --seed "$seed" --threads 2 --results-dir "$out" \
+      --eval-users "$eval_users" --checkpoint last --methods atspeed-s,atspeed-r,wordkd,tvdkd,seqkd,none \
+      > "$out/eval.log" 2>&1
+  fi
+  runs+=("$(ls "$out"/align_*.json | head -1)")
+done
+python benchmarks/align_seeds.py "${runs[@]}" --out "$work/seeds"
