@@ -2,17 +2,18 @@
 # The alignment comparison over seeds on a 2-core CPU: bench_align.py split over two processes.
 #
 #   benchmarks/align_runs.sh WORK USERS LR "SEEDS" EVAL_USERS
-#   benchmarks/align_runs.sh /work/runs/align/u2000 2000 1e-4 "0 1 2" 200      # align_beauty-cf_u2000/
+#   DATA=beauty-cf benchmarks/align_runs.sh runs/align/u2000 2000 1e-4 "0 1 2" 200   # align_beauty-cf_u2000/
 #
 # 1. once: teacher data and the target's logits for the first USERS users' train prompts, in
 #    WORK/cache (one step of one teacher method and of TVD-KD makes both; 2 threads);
 # 2. per seed: the six methods, one epoch each, on two processes of one thread (train only);
 # 3. per seed: the evaluation on the first EVAL_USERS test users (2 threads), the last checkpoint;
 # 4. the mean and spread over seeds: WORK/seeds.md.
-# Every step resumes (rerun the script after an interruption); DATA, TARGET and DRAFT may be overridden.
+# Every step resumes (rerun the script after an interruption). DATA: the dataset folder (default: the
+# co-occurrence copy of the README, beauty-cf); TARGET and DRAFT: the committed pair unless set.
 set -euo pipefail
 work=$1; users=$2; lr=$3; seeds=$4; eval_users=$5
-data=${DATA:-/work/runs/beauty-cf}
+data=${DATA:-beauty-cf}
 target=${TARGET:-atspeed/rec/pretrained/beauty-cf-target}
 draft=${DRAFT:-atspeed/rec/pretrained/beauty-cf-draft}
 bench="python benchmarks/bench_align.py --data $data --target $target --draft $draft --train-users $users --lr $lr
