@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The alignment comparison over seeds on a 2-core CPU: bench_align.py split over two processes.
 #
-#   benchmarks/align_runs.sh WORK USERS LR "SEEDS" EVAL_USERS
+#   benchmarks/align_runs.sh WORK USERS LR "SEEDS" EVAL_USERS [TIME_USERS]
 #   DATA=beauty-cf benchmarks/align_runs.sh runs/align/u2000 2000 1e-4 "0 1 2" 200   # align_beauty-cf_u2000/
 #
 # 1. once: teacher data and the target's logits for the first USERS users' train prompts, in
 #    WORK/cache (one step of one teacher method and of TVD-KD makes both; 2 threads);
 # 2. per seed: the six methods, one epoch each, on two processes of one thread (train only);
 # 3. per seed: the evaluation on the first EVAL_USERS test users (2 threads), the last checkpoint;
+#    with TIME_USERS, only the first TIME_USERS are timed and the rest counted untimed (resumable);
 # 4. the mean and spread over seeds: WORK/seeds.md.
 # Every step resumes (rerun the script after an interruption). DATA: the dataset folder (default: the
 # co-occurrence copy of the README, beauty-cf); TARGET and DRAFT: the committed pair unless set.
 set -euo pipefail
-work=$1; users=$2; lr=$3; seeds=$4; eval_users=$5
+work=$1; users=$2; lr=$3; seeds=$4; eval_users=$5; time_users=${6:-$5}
 data=${DATA:-beauty-cf}
 target=${TARGET:-atspeed/rec/pretrained/beauty-cf-target}
 draft=${DRAFT:-atspeed/rec/pretrained/beauty-cf-draft}
@@ -44,7 +45,7 @@ for seed in $seeds; do
   out=$work/seed$seed
   if ! ls "$out"/align_*.json > /dev/null 2>&1; then
     OMP_NUM_THREADS=2 $bench --out "$out" --epochs 1 --seed "$seed" --threads 2 --results-dir "$out" \
-      --eval-users "$eval_users" --checkpoint last --methods atspeed-s,atspeed-r,wordkd,tvdkd,seqkd,none \
+      --eval-users "$eval_users" --time-users "$time_users" --checkpoint last --methods atspeed-s,atspeed-r,wordkd,tvdkd,seqkd,none \
       > "$out/eval.log" 2>&1
   fi
   runs+=("$(ls "$out"/align_*.json | head -1)")

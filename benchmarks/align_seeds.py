@@ -27,17 +27,32 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+COUNTED = ("accepted_levels_per_round", "target_calls_per_user")  # from all users when a run counted them
+
+
 def collect(runs: list[dict]) -> dict[tuple[str, int, str], dict[str, list[float]]]:
-    """(verification, K, draft) -> metric -> one value per run (speculative rows only)."""
+    """(verification, K, draft) -> metric -> one value per run (speculative rows only). A run that
+    timed a subset of its users and counted all of them (rows_all) gives its counts from all users."""
     out: dict[tuple[str, int, str], dict[str, list[float]]] = {}
     for run in runs:
+        counted = {(r["verification"], r["k"], r["draft"]): r for r in run.get("rows_all") or []}
         for row in run["rows"]:
             if row["verification"] not in ("strict", "relaxed"):
                 continue
-            cell = out.setdefault((row["verification"], row["k"], row["draft"]), {m: [] for m, _, _ in METRICS})
+            key = (row["verification"], row["k"], row["draft"])
+            cell = out.setdefault(key, {m: [] for m, _, _ in METRICS})
             for metric, _, _ in METRICS:
-                cell[metric].append(row[metric])
+                cell[metric].append(counted.get(key, row)[metric] if metric in COUNTED else row[metric])
     return out
+
+
+def users_line(run: dict) -> str:
+    timed = run["rows"][0]["users"]
+    counted = run["rows_all"][0]["users"] if run.get("rows_all") else timed
+    if counted == timed:
+        return f"Every figure from the first {timed} test users."
+    return (f"Accepted levels and target calls counted on the first {counted} test users; speedups timed on "
+            f"the first {timed}.")
 
 
 def leader(cells: dict[str, dict[str, list[float]]]) -> str:
@@ -72,7 +87,7 @@ def report(runs: list[dict], paths: list[Path]) -> str:
     lines = [f"# Draft alignment on {first['dataset']} over seeds {', '.join(map(str, seeds))}", "",
              f"`python benchmarks/align_seeds.py {' '.join(map(str, paths))}`", "",
              f"Each run: `{first['command']}` (with its own --seed and --out).", "",
-             "Mean ± standard deviation over the seeds.", ""]
+             f"Mean ± standard deviation over the seeds. {users_line(first)}", ""]
     for verification in ("strict", "relaxed"):
         for metric, title, fmt in METRICS:
             lines += [f"## {verification}: {title}", "",

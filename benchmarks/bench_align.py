@@ -4,7 +4,8 @@
     # 2. fine-tune a copy of the starting draft with each method for --epochs epochs (default 1) or
     #    --steps steps (same seed / data); --skip-eval stops here (split the methods over processes)
     # 3. on the first --eval-users test users, for each K: HF beam search and tree attention once,
-    #    then strict and relaxed speculative beam search with every draft (and the untouched start)
+    #    then strict and relaxed speculative beam search with every draft (and the untouched start);
+    #    --time-users T times only the first T and counts acceptance and quality on all, untimed
     python benchmarks/bench_align.py --data .beauty --target /tmp/beauty/beauty-target/final \\
         --draft /tmp/beauty/beauty-draft/final --out /tmp/ba/beauty --train-users 2000 --steps 300 \\
         --eval-users 200 --ks 1,3,5,10,20
@@ -42,7 +43,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from atspeed.align.teacher import generate_teacher_data, load_teacher_data
+from atspeed.align.teacher import generate_teacher_data, load_teacher_data, sha256_json, weights_sha256
 from atspeed.align.trainer import METHODS, TEACHER_METHODS, AlignConfig, align, make_target_logits
 from atspeed.files import write_text
 from atspeed.rec.data import RecDataset, eval_cases, first_users, load_dataset
@@ -159,6 +160,15 @@ def run(rec: Recommender, histories, k: int, method: str, args) -> dict:
             "acc": out.accepted_levels / out.rounds if out.rounds else None}
 
 
+def quality(items: list[list[int]], hf_items: list[list[int]], truths, k: int) -> dict:
+    """Recall@K / NDCG@K of a run's lists, their change against HF's, and how many lists differ from HF's."""
+    q, q_hf = evaluate(items, truths, ks=[k]), evaluate(hf_items, truths, ks=[k])
+    return {"recall": q[f"recall@{k}"], "ndcg": q[f"ndcg@{k}"],
+            "recall_change_vs_hf": q[f"recall@{k}"] - q_hf[f"recall@{k}"],
+            "ndcg_change_vs_hf": q[f"ndcg@{k}"] - q_hf[f"ndcg@{k}"],
+            "lists_differing_from_hf": sum(list(a) != list(b) for a, b in zip(items, hf_items, strict=True))}
+
+
 def evaluate_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases) -> list[dict]:
     histories = [c.history for c in cases]
     truths = [c.truth for c in cases]
@@ -177,22 +187,80 @@ def evaluate_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cas
                 runs[(name, verification)] = run(with_draft, histories, k, method, args)
                 bar.update()
         hf, tree = runs[("-", "hf")], runs[("-", "tree")]
-        q_hf = evaluate(hf["items"], truths, ks=[k])
         for (name, verification), r in runs.items():
-            q = evaluate(r["items"], truths, ks=[k])
             rows.append({
                 "k": k, "draft": name, "verification": verification, "users": len(cases),
                 "draft_beams": max(args.draft_beams, k) if name != "-" else None,
                 "accepted_levels_per_round": r["acc"], "target_calls_per_user": r["calls"],
                 "ms_per_user": r["ms"], "speedup_vs_hf": hf["ms"] / r["ms"], "speedup_vs_tree": tree["ms"] / r["ms"],
-                "recall": q[f"recall@{k}"], "ndcg": q[f"ndcg@{k}"],
-                "recall_change_vs_hf": q[f"recall@{k}"] - q_hf[f"recall@{k}"],
-                "ndcg_change_vs_hf": q[f"ndcg@{k}"] - q_hf[f"ndcg@{k}"],
-                "lists_differing_from_hf": sum(list(a) != list(b)
-                                               for a, b in zip(r["items"], hf["items"], strict=True)),
+                **quality(r["items"], hf["items"], truths, k),
             })
     bar.close()
     return rows
+
+
+def count_run(rec: Recommender, histories, k: int, method: str, args, path: Path) -> dict:
+    """One untimed run over all evaluation users: the lists, and each user's rounds and accepted
+    levels as if decoded alone (strict runs on the static engine, whose users accept on their own
+    whatever the batch; relaxed verification samples in lockstep within a batch, so it runs one user
+    at a time). Saved to `path` with what it depends on; a rerun with the same inputs reads it."""
+    meta = {"method": method, "k": k, "histories": sha256_json([list(h) for h in histories]),
+            "target": weights_sha256(rec.target), "draft": weights_sha256(rec.draft) if rec.draft else None,
+            "draft_beams": max(args.draft_beams, k), "gamma": args.gamma, "seed": args.seed}
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["meta"] == meta:
+            return saved
+    alone = method == VERIFICATIONS["relaxed"]
+    out = recommend(rec, histories, k, method=method, batch_size=1 if alone else args.count_batch,
+                    draft_beams=meta["draft_beams"], gamma=args.gamma, seed=args.seed,
+                    engine="auto" if alone else "static")
+    result = {"meta": meta, "items": out.items, "rounds": out.rounds, "accepted": out.accepted_levels}
+    write_text(path, json.dumps(result) + "\n")
+    return result
+
+
+def count_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases) -> list[dict]:
+    """Accepted levels per round, target calls (one per round) and quality of every run on all `cases`,
+    untimed and resumable (OUT/eval-all/); HF's lists are the tree path's here (the same lists:
+    tests/test_tree_beam_search_exact.py), decoded in batches."""
+    histories = [c.history for c in cases]
+    truths = [c.truth for c in cases]
+    folder = args.out / "eval-all"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    bar = tqdm(total=len(args.ks) * (1 + 2 * len(drafts)), desc="count (all users)", unit="run")
+    for k in args.ks:
+        bar.set_postfix_str(f"K={k} tree")
+        ref = count_run(rec, histories, k, "tree", args, folder / f"k{k}-tree.json")
+        bar.update()
+        for name, draft in drafts.items():
+            with_draft = replace(rec, draft=draft.eval())
+            for verification, method in VERIFICATIONS.items():
+                bar.set_postfix_str(f"K={k} {name} {verification}")
+                r = count_run(with_draft, histories, k, method, args, folder / f"k{k}-{name}-{verification}.json")
+                bar.update()
+                rows.append({
+                    "k": k, "draft": name, "verification": verification, "users": len(cases),
+                    "accepted_levels_per_round": r["accepted"] / r["rounds"],
+                    "target_calls_per_user": r["rounds"] / len(cases),
+                    **quality(r["items"], ref["items"], truths, k),
+                })
+    bar.close()
+    return rows
+
+
+def count_table(rows: list[dict]) -> str:
+    head = ("| K | draft | verification | accepted levels/round | target calls/user | Recall@K | NDCG@K "
+            "| ΔRecall vs HF | ΔNDCG vs HF | lists ≠ HF |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['k']} | {r['draft']} | {r['verification']} | {r['accepted_levels_per_round']:.3f} "
+            f"| {r['target_calls_per_user']:.2f} | {r['recall']:.4f} | {r['ndcg']:.4f} "
+            f"| {r['recall_change_vs_hf']:+.4f} | {r['ndcg_change_vs_hf']:+.4f} | {r['lists_differing_from_hf']}"
+            f"{' (sampled)' if r['verification'] == 'relaxed' else ''} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +309,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per method (default: --epochs epochs)")
     ap.add_argument("--epochs", type=int, default=1, help="passes over the alignment samples (unless --steps)")
     ap.add_argument("--eval-users", type=int, default=200, help="the first M test users")
+    ap.add_argument("--time-users", type=int, default=None,
+                    help="time only the first T of them (default: all); accepted levels, target calls and quality "
+                    "are then also counted on all M, untimed and resumable (OUT/eval-all/)")
+    ap.add_argument("--count-batch", type=int, default=16, help="users per batch of the untimed strict runs")
     ap.add_argument("--ks", type=_ints, default=[1, 3, 5, 10, 20])
     ap.add_argument("--draft-beams", type=int, default=40, help="N (at least K)")
     ap.add_argument("--gamma", type=int, default=3)
@@ -311,8 +383,10 @@ def main() -> None:
                                     args.device)
 
     cases = eval_cases(ds, "test")[: args.eval_users]
+    timed = cases[: args.time_users] if args.time_users else cases
     with Timer(args.device) as timer:
-        rows = evaluate_all(args, rec, drafts, cases)
+        rows = evaluate_all(args, rec, drafts, timed)
+        rows_all = count_all(args, rec, drafts, cases) if len(timed) < len(cases) else None
     eval_seconds = timer.time_cost
     wall.__exit__()
     total = wall.time_cost
@@ -324,7 +398,7 @@ def main() -> None:
           f"{n_params(start_draft) / 1e6:.2f}M params (start: {args.draft}); alignment: first {args.train_users} "
           f"users' train prompts, {steps} steps x batch {args.batch_size}, lr {args.lr}, alpha {args.alpha}, "
           f"teacher top-{args.teacher_k}, seed {args.seed}, "
-          f"evaluated checkpoint: {args.checkpoint}; evaluation: first {len(cases)} test users, batch 1, "
+          f"evaluated checkpoint: {args.checkpoint}; evaluation: first {len(timed)} test users, batch 1, "
           f"N = max({args.draft_beams}, K) draft beams, gamma {args.gamma}, {args.warmup} warm-up users per run."), "",
           "## Training", "",
           (f"| method | steps | s/step | loss first 10% -> last 10% | val acceptance (strict, K={args.teacher_k}) "
@@ -336,15 +410,21 @@ def main() -> None:
                   f"{_f(t['loss_last10pct'], '.4f')}{bad} "
                   f"| {hist} | {t['best_step']} |")
     md += ["", "## Accepted levels per round", "", acceptance_summary(rows, list(drafts), args.ks), "",
-           "## All runs", "", table(rows), "",
-           (f"Tree / strict speculative runs whose lists differ from HF's: {len(strict_bad)}. "
-            f"Runtime: {total / 60:.1f} min (evaluation {eval_seconds / 60:.1f} min).")]
+           "## All runs", "", table(rows), ""]
+    if rows_all is not None:
+        md += [f"## Counted on the first {len(cases)} test users", "",
+               (f"Untimed: strict runs in batches of {args.count_batch} on the static engine (each user's own "
+                "rounds), relaxed runs one user at a time, HF's lists from the tree path; target calls = rounds."), "",
+               acceptance_summary(rows_all, list(drafts), args.ks), "", count_table(rows_all), ""]
+        strict_bad += [r for r in rows_all if r["verification"] == "strict" and r["lists_differing_from_hf"]]
+    md.append(f"Tree / strict speculative runs whose lists differ from HF's: {len(strict_bad)}. "
+              f"Runtime: {total / 60:.1f} min (evaluation {eval_seconds / 60:.1f} min).")
     text = "\n".join(md) + "\n"
     print("\n" + text)
     result = {"command": command, "machine": mach, "settings": settings, "dataset": ds.name,
               "target_params": n_params(rec.target), "draft_params": n_params(start_draft),
-              "training": training, "rows": rows, "seconds_total": total, "seconds_eval": eval_seconds,
-              "log": log_lines}
+              "training": training, "rows": rows, "rows_all": rows_all, "seconds_total": total,
+              "seconds_eval": eval_seconds, "log": log_lines}
     for folder in {args.out, args.results_dir}:
         folder.mkdir(parents=True, exist_ok=True)
         write_text(folder / f"align_{ds.name}.md", text)

@@ -8,8 +8,13 @@ bit-identical float32 log-probs in practice, and the two beam searches must agre
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from transformers import (
@@ -26,6 +31,7 @@ from transformers import (
 )
 
 ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gpt2")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 PAD = 0  # pad token id of every tiny model
 BOS = 1
@@ -357,3 +363,16 @@ def examples(n: int) -> int:
 
 
 TRANSFORMERS_MAJOR = int(__import__("transformers").__version__.split(".")[0])
+
+
+@contextmanager
+def benchmark_script(name: str) -> Iterator[ModuleType]:
+    """benchmarks/<name>.py imported as a module (registered while in use: dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)

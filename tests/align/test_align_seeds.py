@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks/align_seeds.py"
+from helpers import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def seeds():
-    spec = importlib.util.spec_from_file_location("bench_align_seeds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with benchmark_script("align_seeds") as module:
+        yield module
 
 
 def run(seed: int, levels: dict[str, float], **settings) -> dict:
@@ -40,3 +36,12 @@ def test_runs_that_differ_in_more_than_the_seed_are_refused(seeds):
     runs = [run(0, {"a": 1.0}), run(1, {"a": 1.0}, lr=1e-3)]
     with pytest.raises(SystemExit, match="lr"):
         seeds.check_same_settings(runs, [Path("s0.json"), Path("s1.json")])
+
+
+def test_counts_on_all_users_replace_the_timed_subsets(seeds):
+    runs = [run(s, {"start": 1.0, "a": 2.0}) for s in range(2)]
+    for r in runs:
+        r["rows_all"] = [{**row, "accepted_levels_per_round": 3.0, "speedup_vs_hf": 9.0} for row in r["rows"]]
+    cells = {d: c for (_, _, d), c in seeds.collect(runs).items()}
+    assert cells["a"]["accepted_levels_per_round"] == [3.0, 3.0]  # counted on all users
+    assert cells["a"]["speedup_vs_hf"] == [3.0, 3.0]  # timed: from the subset's rows

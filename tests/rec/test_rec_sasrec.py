@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks/sasrec.py"
+from helpers import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def sasrec():
-    spec = importlib.util.spec_from_file_location("bench_sasrec", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there while the file runs
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_script("sasrec") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
