@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 
 from atspeed.align.teacher import TEACHER_FILE, generate_teacher_data, load_teacher_data
 from atspeed.align.trainer import TEACHER_METHODS, AlignConfig, AlignResult, align
@@ -37,8 +38,11 @@ def align_job(
     rec = load_recommender(target, data_dir, draft, device=device, allow_duplicate_ids=True)
     teacher_data = None
     if method in TEACHER_METHODS:
-        if not os.path.exists(os.path.join(teacher_dir, TEACHER_FILE)):  # made or resumed here; a finished one reused
-            generate_teacher_data(rec, ds, teacher_dir, k=settings["teacher_beams"])
+        # under `accelerate launch` the main process makes (or resumes) the teacher data and the others
+        # wait, then read it: two processes writing and merging the same chunks would race
+        with Accelerator().main_process_first():
+            if not os.path.exists(os.path.join(teacher_dir, TEACHER_FILE)):  # a finished folder is reused
+                generate_teacher_data(rec, ds, teacher_dir, k=settings["teacher_beams"])
         teacher_data = load_teacher_data(teacher_dir)
     torch.manual_seed(settings["seed"])
     start = rec.draft if rec.draft is not None else new_model(kind, rec.tokenizer)
