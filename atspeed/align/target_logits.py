@@ -170,16 +170,6 @@ def target_logits_meta(
     }
 
 
-def _check_meta(old: dict, new: dict, out_dir: Path) -> None:
-    for key, why in MUST_MATCH.items():
-        there, here = old.get(key), new.get(key)
-        if there != here:
-            if key == "target_sha256":
-                there, here = (f"{m.get('target')!r} (weights {str(m.get(key))[:12]}…)" for m in (old, new))
-            raise ValueError(f"{out_dir} holds target logits made {why}: {key} {there} there, {here} in this run. "
-                             "Use another folder, or delete this one to start over.")
-
-
 def merge_chunks(out_dir: str | os.PathLike, chunks: int) -> Path:
     """Join the chunks into logits.safetensors (atomically), then delete them."""
     out_dir = Path(out_dir)
@@ -213,7 +203,7 @@ def generate_target_logits(
     if chunk_size < 1 or batch_size < 1:
         raise ValueError(f"chunk_size and batch_size must be >= 1, got {chunk_size}, {batch_size}.")
     meta = target_logits_meta(rec, prompts, items, rows=rows, chunk_size=chunk_size)
-    out_dir = open_cache(out_dir, meta, check=_check_meta)
+    out_dir = open_cache(out_dir, meta, "target logits", MUST_MATCH)
     if (out_dir / LOGITS_FILE).exists():
         return out_dir
     plan = plan_chunks(len(prompts), chunk_size)

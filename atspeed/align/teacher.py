@@ -44,8 +44,17 @@ FORMAT = "atspeed-teacher-v1"
 META_FILE = "meta.json"
 TEACHER_FILE = "teacher.safetensors"
 CHUNK_DIR = "chunks"
-# settings a resumed run must share with the cache; the target is only reported (see _check_meta)
-MUST_MATCH = ("format", "k", "max_history", "chunk_size", "dataset", "num_prompts", "prompts_sha256")
+# what each setting a resumed run must share with the cache means, for the refusal's message
+MUST_MATCH = {
+    "format": "in another format",
+    "k": "with another number of beams",
+    "max_history": "with another history length",
+    "chunk_size": "with another chunk size",
+    "dataset": "for another dataset",
+    "num_prompts": "for other training prompts",
+    "prompts_sha256": "for other training prompts",
+    "target_sha256": "by another target (its weights differ)",
+}
 
 
 @dataclass(frozen=True)
@@ -168,33 +177,29 @@ def pending_chunks(out_dir: str | os.PathLike, plan: Sequence[range]) -> list[in
 
 
 def open_cache(
-    out_dir: str | os.PathLike, meta: dict, check: Callable[[dict, dict, Path], None] | None = None
+    out_dir: str | os.PathLike, meta: dict, what: str = "teacher data", must_match: dict[str, str] = MUST_MATCH
 ) -> Path:
-    """Create `out_dir` with meta.json, or check that an existing one was made with the same settings.
-
-    `check(old, new, out_dir)` raises on a mismatch (default: the teacher data's check)."""
+    """Create `out_dir` with meta.json, or check that an existing one was made with the same settings
+    (those in `must_match`, which says what a mismatch means; `what` names the cache)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / META_FILE
     if path.exists():
-        (check or _check_meta)(json.loads(path.read_text()), meta, out_dir)
+        check_meta(json.loads(path.read_text()), meta, out_dir, what, must_match)
     else:
         write_bytes(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return out_dir
 
 
-def _check_meta(old: dict, new: dict, out_dir: Path) -> None:
-    for key in MUST_MATCH:
+def check_meta(old: dict, new: dict, out_dir: Path, what: str, must_match: dict[str, str]) -> None:
+    """Refuse a cache folder made with other settings than this run's, saying which and what it means."""
+    for key, why in must_match.items():
         if old.get(key) != new.get(key):
-            raise ValueError(
-                f"{out_dir} holds teacher data made with {key}={old.get(key)!r}, but this run has "
-                f"{key}={new.get(key)!r}. Use another output folder, or delete this one to start over."
-            )
-    if old.get("target_sha256") != new.get("target_sha256"):
-        raise ValueError(
-            f"{out_dir} holds teacher data made by another target (weights differ: {old.get('target')!r} "
-            f"vs {new.get('target')!r}). Use another output folder, or delete this one to start over."
-        )
+            there, here = repr(old.get(key)), repr(new.get(key))
+            if key == "target_sha256":  # name the targets, not just their fingerprints
+                there, here = (f"{m.get('target')!r} (weights {str(m.get(key))[:12]}…)" for m in (old, new))
+            raise ValueError(f"{out_dir} holds {what} made {why}: {key}={there} there, {key}={here} in this run. "
+                             "Use another folder, or delete this one to start over.")
 
 
 def merge_chunks(out_dir: str | os.PathLike, prompts: Sequence[Sequence[int]]) -> Path:
