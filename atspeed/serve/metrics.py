@@ -28,7 +28,9 @@ class Metrics:
         self.decode_seconds = Histogram("atspeed_decode_seconds", "Wall time of one batched decode",
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.queued = Gauge("atspeed_queued_requests", "Requests waiting for a decode", registry=r)
-        self.draft_rounds = Counter("atspeed_draft_rounds", "Speculative draft-verify rounds", registry=r)
+        self.draft_rounds = Counter("atspeed_draft_rounds",
+                                   "Speculative draft-verify rounds, each request's own, summed over requests",
+                                   registry=r)
         self.accepted_levels = Counter("atspeed_draft_accepted_levels",
                                        "Drafted levels accepted (per round: divide by atspeed_draft_rounds)",
                                        registry=r)
