@@ -8,7 +8,8 @@
 #    WORK/cache (one step of one teacher method and of TVD-KD makes both; 2 threads);
 # 2. per seed: the six methods, one epoch each, on two processes of one thread (train only);
 # 3. per seed: the evaluation on the first EVAL_USERS test users (2 threads), the last checkpoint;
-#    with TIME_USERS, only the first TIME_USERS are timed and the rest counted untimed (resumable);
+#    with TIME_USERS, only the first TIME_USERS are timed and all are counted untimed (resumable; what
+#    does not depend on the seed, such as the start draft's strict runs, is counted once, in WORK/eval-all);
 # 4. the mean and spread over seeds: WORK/seeds.md.
 # Every step resumes (rerun the script after an interruption). DATA: the dataset folder (default: the
 # co-occurrence copy of the README, beauty-cf); TARGET and DRAFT: the committed pair unless set.
@@ -45,7 +46,7 @@ for seed in $seeds; do
   out=$work/seed$seed
   if ! ls "$out"/align_*.json > /dev/null 2>&1; then
     OMP_NUM_THREADS=2 $bench --out "$out" --epochs 1 --seed "$seed" --threads 2 --results-dir "$out" \
-      --eval-users "$eval_users" --time-users "$time_users" --checkpoint last --methods atspeed-s,atspeed-r,wordkd,tvdkd,seqkd,none \
+      --eval-users "$eval_users" --time-users "$time_users" --count-cache "$work/eval-all" --checkpoint last --methods atspeed-s,atspeed-r,wordkd,tvdkd,seqkd,none \
       > "$out/eval.log" 2>&1
   fi
   runs+=("$(ls "$out"/align_*.json | head -1)")

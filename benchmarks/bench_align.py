@@ -199,46 +199,48 @@ def evaluate_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cas
     return rows
 
 
-def count_run(rec: Recommender, histories, k: int, method: str, args, path: Path) -> dict:
+def count_run(rec: Recommender, histories, k: int, method: str, args, folder: Path) -> dict:
     """One untimed run over all evaluation users: the lists, and each user's rounds and accepted
     levels as if decoded alone (strict runs on the static engine, whose users accept on their own
     whatever the batch; relaxed verification samples in lockstep within a batch, so it runs one user
-    at a time). Saved to `path` with what it depends on; a rerun with the same inputs reads it."""
+    at a time). Saved in `folder` under a name made from what it depends on, so that a rerun, or a
+    run of another seed that decodes the same thing (the tree path, the start draft's strict
+    runs), reads it instead of decoding again."""
+    sampled = method == VERIFICATIONS["relaxed"]
     meta = {"method": method, "k": k, "histories": sha256_json([list(h) for h in histories]),
-            "target": weights_sha256(rec.target), "draft": weights_sha256(rec.draft) if rec.draft else None,
-            "draft_beams": max(args.draft_beams, k), "gamma": args.gamma, "seed": args.seed}
+            "target": weights_sha256(rec.target),
+            "draft": weights_sha256(rec.draft) if rec.draft is not None and method != "tree" else None,
+            "draft_beams": max(args.draft_beams, k), "gamma": args.gamma, "seed": args.seed if sampled else None}
+    path = folder / f"k{k}-{method}-{sha256_json(meta)[:16]}.json"
     if path.exists():
-        saved = json.loads(path.read_text())
-        if saved["meta"] == meta:
-            return saved
-    alone = method == VERIFICATIONS["relaxed"]
-    out = recommend(rec, histories, k, method=method, batch_size=1 if alone else args.count_batch,
+        return json.loads(path.read_text())
+    out = recommend(rec, histories, k, method=method, batch_size=1 if sampled else args.count_batch,
                     draft_beams=meta["draft_beams"], gamma=args.gamma, seed=args.seed,
-                    engine="auto" if alone else "static")
+                    engine="auto" if sampled else "static")
     result = {"meta": meta, "items": out.items, "rounds": out.rounds, "accepted": out.accepted_levels}
+    folder.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(result) + "\n")
     return result
 
 
 def count_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases) -> list[dict]:
     """Accepted levels per round, target calls (one per round) and quality of every run on all `cases`,
-    untimed and resumable (OUT/eval-all/); HF's lists are the tree path's here (the same lists:
+    untimed and resumable (in --count-cache); HF's lists are the tree path's here (the same lists:
     tests/test_tree_beam_search_exact.py), decoded in batches."""
     histories = [c.history for c in cases]
     truths = [c.truth for c in cases]
-    folder = args.out / "eval-all"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = args.count_cache or args.out / "eval-all"
     rows: list[dict] = []
     bar = tqdm(total=len(args.ks) * (1 + 2 * len(drafts)), desc="count (all users)", unit="run")
     for k in args.ks:
         bar.set_postfix_str(f"K={k} tree")
-        ref = count_run(rec, histories, k, "tree", args, folder / f"k{k}-tree.json")
+        ref = count_run(rec, histories, k, "tree", args, folder)
         bar.update()
         for name, draft in drafts.items():
             with_draft = replace(rec, draft=draft.eval())
             for verification, method in VERIFICATIONS.items():
                 bar.set_postfix_str(f"K={k} {name} {verification}")
-                r = count_run(with_draft, histories, k, method, args, folder / f"k{k}-{name}-{verification}.json")
+                r = count_run(with_draft, histories, k, method, args, folder)
                 bar.update()
                 rows.append({
                     "k": k, "draft": name, "verification": verification, "users": len(cases),
@@ -313,6 +315,8 @@ def main() -> None:
                     help="time only the first T of them (default: all); accepted levels, target calls and quality "
                     "are then also counted on all M, untimed and resumable (OUT/eval-all/)")
     ap.add_argument("--count-batch", type=int, default=16, help="users per batch of the untimed strict runs")
+    ap.add_argument("--count-cache", type=Path, default=None,
+                    help="where the untimed runs are kept (default OUT/eval-all; share one between seeds)")
     ap.add_argument("--ks", type=_ints, default=[1, 3, 5, 10, 20])
     ap.add_argument("--draft-beams", type=int, default=40, help="N (at least K)")
     ap.add_argument("--gamma", type=int, default=3)
