@@ -160,9 +160,10 @@ def run(rec: Recommender, histories, k: int, method: str, args) -> dict:
             "acc": out.accepted_levels / out.rounds if out.rounds else None}
 
 
-def quality(items: list[list[int]], hf_items: list[list[int]], truths, k: int) -> dict:
-    """Recall@K / NDCG@K of a run's lists, their change against HF's, and how many lists differ from HF's."""
-    q, q_hf = evaluate(items, truths, ks=[k]), evaluate(hf_items, truths, ks=[k])
+def quality(items: list[list[int]], hf_items: list[list[int]], q_hf: dict, truths, k: int) -> dict:
+    """Recall@K / NDCG@K of a run's lists, their change against HF's (whose metrics are q_hf), and how
+    many lists differ from HF's."""
+    q = evaluate(items, truths, ks=[k])
     return {"recall": q[f"recall@{k}"], "ndcg": q[f"ndcg@{k}"],
             "recall_change_vs_hf": q[f"recall@{k}"] - q_hf[f"recall@{k}"],
             "ndcg_change_vs_hf": q[f"ndcg@{k}"] - q_hf[f"ndcg@{k}"],
@@ -187,13 +188,14 @@ def evaluate_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cas
                 runs[(name, verification)] = run(with_draft, histories, k, method, args)
                 bar.update()
         hf, tree = runs[("-", "hf")], runs[("-", "tree")]
+        q_hf = evaluate(hf["items"], truths, ks=[k])
         for (name, verification), r in runs.items():
             rows.append({
                 "k": k, "draft": name, "verification": verification, "users": len(cases),
                 "draft_beams": max(args.draft_beams, k) if name != "-" else None,
                 "accepted_levels_per_round": r["acc"], "target_calls_per_user": r["calls"],
                 "ms_per_user": r["ms"], "speedup_vs_hf": hf["ms"] / r["ms"], "speedup_vs_tree": tree["ms"] / r["ms"],
-                **quality(r["items"], hf["items"], truths, k),
+                **quality(r["items"], hf["items"], q_hf, truths, k),
             })
     bar.close()
     return rows
@@ -235,6 +237,7 @@ def count_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases)
     for k in args.ks:
         bar.set_postfix_str(f"K={k} tree")
         ref = count_run(rec, histories, k, "tree", args, folder)
+        q_ref = evaluate(ref["items"], truths, ks=[k])
         bar.update()
         for name, draft in drafts.items():
             with_draft = replace(rec, draft=draft.eval())
@@ -246,7 +249,7 @@ def count_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases)
                     "k": k, "draft": name, "verification": verification, "users": len(cases),
                     "accepted_levels_per_round": r["accepted"] / r["rounds"],
                     "target_calls_per_user": r["rounds"] / len(cases),
-                    **quality(r["items"], ref["items"], truths, k),
+                    **quality(r["items"], ref["items"], q_ref, truths, k),
                 })
     bar.close()
     return rows
