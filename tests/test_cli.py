@@ -130,12 +130,11 @@ def test_align_runs_on_two_processes_as_under_accelerate_launch(data_dir, model_
     """Two CPU processes (torchrun, as `accelerate launch` starts them): the main one makes the teacher
     data, both train, and the aligned draft is saved."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "yes", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [str(a) for a in [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "atspeed.cli",
-         "align", "--data", data_dir, "--target", model_dir, "--teacher", tmp_path / "teacher", "--out",
-         tmp_path / "aligned", "--kind", "tiny", "--teacher-beams", 3, "-k", 3, "--max-steps", 2, "--batch-size", 4,
-         "--eval-users", 2]],
-        env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, "-m",
+               "atspeed.cli", "align", "--data", data_dir, "--target", model_dir, "--teacher", tmp_path / "teacher",
+               "--out", tmp_path / "aligned", "--kind", "tiny", "--teacher-beams", 3, "-k", 3, "--max-steps", 2,
+               "--batch-size", 4, "--eval-users", 2]
+    out = subprocess.run([str(a) for a in command], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("best acceptance") == 2  # one line per process
     assert (tmp_path / "teacher" / "teacher.safetensors").exists()
