@@ -60,6 +60,13 @@ def _ints(value: str) -> list[int]:
     return [int(x) for x in value.split(",") if x.strip()]
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def _methods(value: str) -> list[str]:
     methods = [m.strip() for m in value.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -314,10 +321,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per method (default: --epochs epochs)")
     ap.add_argument("--epochs", type=int, default=1, help="passes over the alignment samples (unless --steps)")
     ap.add_argument("--eval-users", type=int, default=200, help="the first M test users")
-    ap.add_argument("--time-users", type=int, default=None,
+    ap.add_argument("--time-users", type=_positive, default=None,
                     help="time only the first T of them (default: all); accepted levels, target calls and quality "
                     "are then also counted on all M, untimed and resumable (OUT/eval-all/)")
-    ap.add_argument("--count-batch", type=int, default=16, help="users per batch of the untimed strict runs")
+    ap.add_argument("--count-batch", type=_positive, default=16, help="users per batch of the untimed strict runs")
     ap.add_argument("--count-cache", type=Path, default=None,
                     help="where the untimed runs are kept (default OUT/eval-all; share one between seeds)")
     ap.add_argument("--ks", type=_ints, default=[1, 3, 5, 10, 20])
