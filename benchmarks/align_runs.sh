@@ -7,9 +7,10 @@
 # 1. once: teacher data and the target's logits for the first USERS users' train prompts, in
 #    WORK/cache (one step of one teacher method and of TVD-KD makes both; 2 threads);
 # 2. per seed: the six methods, one epoch each, on two processes of one thread (train only);
-# 3. per seed: the evaluation on the first EVAL_USERS test users (2 threads), the last checkpoint;
-#    with TIME_USERS, only the first TIME_USERS are timed and all are counted untimed (resumable; what
-#    does not depend on the seed, such as the start draft's strict runs, is counted once, in WORK/eval-all);
+# 3. per seed: the evaluation on the first EVAL_USERS test users, the last checkpoint; with TIME_USERS,
+#    all are first counted untimed on two processes of one thread (--count-only, split by K; resumable;
+#    what does not depend on the seed, such as the start draft's strict runs, is counted once, in
+#    WORK/eval-all), then the first TIME_USERS are timed alone (2 threads) and the counts are read;
 # 4. the mean and spread over seeds: WORK/seeds.md.
 # Every step resumes (rerun the script after an interruption). DATA: the dataset folder (default: the
 # co-occurrence copy of the README, beauty-cf); TARGET and DRAFT: the committed pair unless set.
@@ -45,9 +46,16 @@ runs=()
 for seed in $seeds; do
   out=$work/seed$seed
   if ! ls "$out"/align_*.json > /dev/null 2>&1; then
-    OMP_NUM_THREADS=2 $bench --out "$out" --epochs 1 --seed "$seed" --threads 2 --results-dir "$out" \
-      --eval-users "$eval_users" --time-users "$time_users" --count-cache "$work/eval-all" --checkpoint last --methods atspeed-s,atspeed-r,wordkd,tvdkd,seqkd,none \
-      > "$out/eval.log" 2>&1
+    evaluate="$bench --out $out --epochs 1 --seed $seed --results-dir $out --eval-users $eval_users
+      --time-users $time_users --count-cache $work/eval-all --checkpoint last
+      --methods atspeed-s,atspeed-r,wordkd,tvdkd,seqkd,none"
+    if [ "$time_users" -lt "$eval_users" ]; then  # the untimed runs, split by K over two processes
+      OMP_NUM_THREADS=1 $evaluate --threads 1 --count-only --ks 20,1 >> "$out/count-a.log" 2>&1 &
+      a=$!
+      OMP_NUM_THREADS=1 $evaluate --threads 1 --count-only --ks 10,5,3 >> "$out/count-b.log" 2>&1
+      wait $a
+    fi
+    OMP_NUM_THREADS=2 $evaluate --threads 2 > "$out/eval.log" 2>&1  # times on the quiet machine, reads the counts
   fi
   runs+=("$(ls "$out"/align_*.json | head -1)")
 done

@@ -324,6 +324,9 @@ def main() -> None:
     ap.add_argument("--time-users", type=_positive, default=None,
                     help="time only the first T of them (default: all); accepted levels, target calls and quality "
                     "are then also counted on all M, untimed and resumable (OUT/eval-all/)")
+    ap.add_argument("--count-only", action="store_true",
+                    help="only the untimed runs on all M users, into the count cache, without a report: processes "
+                    "with other --ks fill it side by side, and a last run without this flag reads it")
     ap.add_argument("--count-batch", type=_positive, default=16, help="users per batch of the untimed strict runs")
     ap.add_argument("--count-cache", type=Path, default=None,
                     help="where the untimed runs are kept (default OUT/eval-all; share one between seeds)")
@@ -397,6 +400,9 @@ def main() -> None:
                                     args.device)
 
     cases = eval_cases(ds, "test")[: args.eval_users]
+    if args.count_only:
+        count_all(args, rec, drafts, cases)
+        return
     timed = cases[: args.time_users] if args.time_users else cases
     with Timer(args.device) as timer:
         rows = evaluate_all(args, rec, drafts, timed)

@@ -3,6 +3,7 @@ as if each were decoded alone, and saved so that a rerun resumes."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -61,3 +62,31 @@ def test_a_strict_count_serves_every_seed_and_a_sampled_one_only_its_own(bench, 
     bench.count_run(with_draft, histories, 3, "speculative", other_seed, tmp_path)
     with pytest.raises(pytest.fail.Exception, match="decoded again"):
         bench.count_run(with_draft, histories, 3, "speculative-relaxed", other_seed, tmp_path)
+
+
+def test_count_only_processes_fill_the_cache_that_the_report_then_reads(bench, tmp_path, monkeypatch):
+    """Two `--count-only` runs with different --ks (side by side on a 2-core machine), then the run
+    that times and reports: it decodes none of the counted runs again."""
+    from click.testing import CliRunner
+
+    from atspeed.cli import main as cli
+
+    for args in (["data", "synthetic", tmp_path / "data", "--items", 128, "--users", 30],
+                 ["train", tmp_path / "data", tmp_path / "model", "--kind", "tiny", "--max-steps", 2]):
+        assert CliRunner().invoke(cli, [str(a) for a in args]).exit_code == 0
+    common = ["bench_align.py", "--data", tmp_path / "data", "--target", tmp_path / "model", "--draft",
+              tmp_path / "model", "--out", tmp_path / "work", "--results-dir", tmp_path / "work", "--methods", "none",
+              "--steps", "1", "--batch-size", "4", "--align-eval-users", "2", "--eval-users", "6",
+              "--time-users", "2", "--draft-beams", "3", "--warmup", "0", "--checkpoint", "last"]
+    for ks in ("1", "3"):
+        monkeypatch.setattr("sys.argv", [str(a) for a in common + ["--ks", ks, "--count-only"]])
+        bench.main()
+    counted = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work" / "eval-all").iterdir()}
+    assert len(counted) == 2 * (1 + 2 * 2)  # per K: the tree path, and both verifications of start and none
+    assert not list((tmp_path / "work").glob("align_*"))  # no report yet
+
+    monkeypatch.setattr("sys.argv", [str(a) for a in common + ["--ks", "1,3"]])
+    bench.main()
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work" / "eval-all").iterdir()} == counted
+    report = json.loads(next((tmp_path / "work").glob("align_*.json")).read_text())
+    assert {r["k"] for r in report["rows_all"]} == {1, 3}
