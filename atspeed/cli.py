@@ -463,7 +463,8 @@ def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, ch
 @click.option("--teacher", "teacher_dir", type=NEW_FOLDER, default=None,
               help="teacher data folder (`atspeed teacher`); made here if missing (methods that need it)")
 @click.option("--out", type=NEW_FOLDER, required=True,
-              help="the aligned draft lands in OUT/final, the acceptance history in OUT/history.json")
+              help="the aligned draft lands in OUT/final, the acceptance history in OUT/history.json; "
+                   "an interrupted run resumes from OUT/checkpoint")
 @click.option("--target-logits", type=NEW_FOLDER, default=None,
               help="keep the target's logits on the teacher (or TVD-KD's ground-truth) rows here, e.g. "
                    "TEACHER/target-logits: computed once (an epoch's target forwards), then read by every step, "

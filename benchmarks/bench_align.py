@@ -23,8 +23,9 @@ The target's logits on the teacher rows (and TVD-KD's ground-truth rows) are com
 OUT/target-logits, and read by every method's steps (`--no-target-logits`: the target runs in
 every step, as before; the same losses up to float rounding).
 
-Resumable: the teacher cache and the target logits resume, and a method whose OUT/<method>/done.json
-exists is not trained again (delete the folder to retrain).
+Resumable: the teacher cache and the target logits resume, a method whose OUT/<method>/done.json
+exists is not trained again (delete the folder to retrain), and one that was interrupted goes on
+from its last acceptance check (OUT/<method>/checkpoint; s/step then counts this run's steps).
 """
 
 from __future__ import annotations
@@ -136,15 +137,17 @@ def train_all(args, rec: Recommender, subset: RecDataset, teacher, log) -> dict[
         losses = result.losses
         nan = sum(1 for x in losses if not math.isfinite(x))
         head, tail = losses[: max(1, len(losses) // 10)], losses[-max(1, len(losses) // 10):]
+        trained = len(losses) - result.resumed_step  # steps of this call (a resumed run trained the others before)
         info[method] = {
-            "method": method, "steps": len(losses), "seconds": seconds, "sec_per_step": seconds / max(1, len(losses)),
+            "method": method, "steps": len(losses), "seconds": seconds, "sec_per_step": seconds / max(1, trained),
+            "resumed_step": result.resumed_step,
             "best_step": result.best_step, "best_acceptance": result.best_acceptance, "history": result.history,
             "loss_first10pct": sum(head) / len(head) if head else None,
             "loss_last10pct": sum(tail) / len(tail) if tail else None, "nonfinite_losses": nan,
             "config": asdict(cfg),
         }
         write_text(done, json.dumps(info[method], indent=2, default=str) + "\n")
-        log(f"[{method}] {len(losses)} steps in {seconds:.0f}s ({seconds / max(1, len(losses)):.2f}s/step); "
+        log(f"[{method}] {len(losses)} steps, {trained} in {seconds:.0f}s ({seconds / max(1, trained):.2f}s/step); "
             f"loss {info[method]['loss_first10pct']:.4f} -> {info[method]['loss_last10pct']:.4f}; "
             f"val acceptance (strict, K={cfg.k}) by step: "
             + ", ".join(f"{h['step']}:{h['acceptance']:.3f}" for h in result.history)

@@ -30,12 +30,19 @@ before and after training) the strict speculative `recommend` runs on the first 
 validation users and records accepted levels per round; the draft with the highest acceptance is
 saved as `out_dir/final` (an HF folder with the tokenizer, written atomically), the history as
 `out_dir/history.json`.
+
+Resumable: after every check but the last, the training state (draft, optimizer, schedule, random
+generators, step, history) is saved in `out_dir/checkpoint` (accelerate's `save_state`, swapped in
+whole). A run into the same `out_dir` with the same settings and data continues from it, on the
+same batches an uninterrupted run would take (epoch e shuffles with seed + e), and removes it when
+training ends.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -98,6 +105,7 @@ class AlignResult:
     losses: list[float] = field(default_factory=list)  # training loss of every step
     best_step: int = 0
     best_acceptance: float = float("-inf")
+    resumed_step: int = 0  # the step this call started from (0 unless it resumed a checkpoint)
 
 
 @dataclass(frozen=True)
@@ -328,15 +336,17 @@ def align(
             folder = make_target_logits(rec, dataset, teacher, cfg, target_logits, accelerator.is_local_main_process)
         cached = None if folder is None else load_target_logits(folder).to(accelerator.device)
     valid = [c.history for c in eval_cases(dataset, "valid")[: cfg.eval_users]]
-    loader = DataLoader(examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=list,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    order = torch.Generator().manual_seed(cfg.seed)  # the shuffle; reseeded per epoch, so a resumed run can redo it
+    loader = DataLoader(examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=list, generator=order)
     optimizer = torch.optim.AdamW(draft.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer, loader = accelerator.prepare(draft.train(), optimizer, loader)
     steps = len(loader) * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, len(loader) * cfg.epochs)
     scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=steps)
+    accelerator.register_for_checkpointing(scheduler)
     result = AlignResult(final=out_dir / "final", history=[])
     recent: list[float] = []  # losses since the last check
+    checkpoint = Checkpoint(out_dir / CHECKPOINT, {"config": asdict(cfg), "samples": len(examples)})
 
     def check(step: int) -> None:
         unwrapped = accelerator.unwrap_model(model)
@@ -353,14 +363,19 @@ def align(
             _write_json(out_dir / "history.json", {"config": asdict(cfg), "best_step": result.best_step,
                                                    "best_acceptance": result.best_acceptance,
                                                    "history": result.history})
+        if step < steps:
+            checkpoint.save(accelerator, step, result)
         accelerator.wait_for_everyone()
 
-    check(0)  # the starting draft: the baseline, and the result if training never beats it
-    step = 0
-    with tqdm(total=steps, desc=f"align {cfg.method}", unit="step",
+    step = result.resumed_step = checkpoint.load(accelerator, result)
+    if step == 0:
+        check(0)  # the starting draft: the baseline, and the result if training never beats it
+    with tqdm(total=steps, initial=step, desc=f"align {cfg.method}", unit="step",
               disable=not accelerator.is_local_main_process) as bar:
-        for _ in range(cfg.epochs):
-            for batch in loader:
+        for epoch in range(step // len(loader), cfg.epochs):
+            order.manual_seed(cfg.seed + epoch)
+            done = step - epoch * len(loader)  # batches of this epoch already trained (resumed)
+            for batch in accelerator.skip_first_batches(loader, done) if done else loader:
                 if step == steps:
                     break
                 extra: list[list[int]] = []
@@ -383,7 +398,66 @@ def align(
                     check(step)
     if result.history[-1]["step"] != step:
         check(step)
+    checkpoint.remove(accelerator)
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming
+# ---------------------------------------------------------------------------------------------
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class Checkpoint:
+    """The training state of `align` in `folder`, for the run whose settings and data are `key`."""
+
+    folder: Path
+    key: dict
+
+    def save(self, accelerator: Accelerator, step: int, result: AlignResult) -> None:
+        """Write the state into a fresh folder, then swap it in, so that an interruption leaves the
+        previous checkpoint (possibly as folder.old) whole."""
+        tmp, old = self.folder.with_name(self.folder.name + ".tmp"), self.folder.with_name(self.folder.name + ".old")
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            progress = {**self.key, "step": step, "history": result.history, "losses": result.losses,
+                        "best_step": result.best_step, "best_acceptance": result.best_acceptance}
+            _write_json(tmp / "progress.json", progress)
+            shutil.rmtree(old, ignore_errors=True)
+            if self.folder.exists():
+                self.folder.rename(old)
+            tmp.rename(self.folder)
+            shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def load(self, accelerator: Accelerator, result: AlignResult) -> int:
+        """Restore the saved state into the prepared objects and `result`; the step to go on from
+        (0: nothing saved)."""
+        old = self.folder.with_name(self.folder.name + ".old")
+        folder = self.folder if (self.folder / "progress.json").exists() else old
+        if not (folder / "progress.json").exists():
+            return 0
+        progress = json.loads((folder / "progress.json").read_text())
+        saved = {k: progress.get(k) for k in self.key}
+        if saved != json.loads(json.dumps(self.key)):
+            changed = sorted(k for k in self.key if saved[k] != json.loads(json.dumps(self.key[k])))
+            raise ValueError(f"{folder} was saved by a run with other settings or data ({', '.join(changed)}): "
+                             "delete it to start afresh, or resume with the same ones.")
+        accelerator.load_state(str(folder))
+        result.history, result.losses = progress["history"], progress["losses"]
+        result.best_step, result.best_acceptance = progress["best_step"], progress["best_acceptance"]
+        return progress["step"]
+
+    def remove(self, accelerator: Accelerator) -> None:
+        if accelerator.is_main_process:
+            for folder in (self.folder, self.folder.with_name(self.folder.name + ".old")):
+                shutil.rmtree(folder, ignore_errors=True)
+        accelerator.wait_for_everyone()
 
 
 def _write_json(path: Path, value: object) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from atspeed.align import trainer
 from atspeed.align.losses import rec_loss
 from atspeed.align.trainer import (
     METHODS,
@@ -144,3 +145,52 @@ def test_a_draft_with_another_vocabulary_is_refused(target, tokenizer, dataset, 
     other = build_tokenizer({i: dataset.index[i] for i in range(8)})  # fewer codes: a smaller vocabulary
     with pytest.raises(ValueError, match="draft has vocab_size"):
         align(target, new_model("tiny", other), tokenizer, dataset, teacher, tmp_path, config())
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(monkeypatch, call: int) -> None:
+    """Make the `call`-th training step fail, as a killed run would stop there."""
+    calls = iter(range(1, 10**6))
+
+    def failing(*args, **kwargs):
+        if next(calls) == call:
+            raise Interrupted
+        return batch_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "batch_loss", failing)
+
+
+RESUMABLE = config(batch_size=64, max_steps=None, epochs=2, eval_every=3)  # 4 batches per epoch: checks at 0, 3, 6, 8
+
+
+@pytest.mark.parametrize("call", [5, 8], ids=["in-the-first-epoch", "in-the-second-epoch"])
+def test_a_resumed_run_ends_as_an_uninterrupted_one(call, target, draft, tokenizer, dataset, teacher, tmp_path,
+                                                    monkeypatch):
+    resumed = copy.deepcopy(draft)
+    whole = align(target, draft, tokenizer, dataset, teacher, tmp_path / "whole", RESUMABLE)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, call)
+        with pytest.raises(Interrupted):
+            align(target, resumed, tokenizer, dataset, teacher, tmp_path / "resumed", RESUMABLE)
+    result = align(target, resumed, tokenizer, dataset, teacher, tmp_path / "resumed", RESUMABLE)
+    assert result.resumed_step == 3 * ((call - 1) // 3)
+    assert (result.losses, result.history, result.best_step) == (whole.losses, whole.history, whole.best_step)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), draft.state_dict().values(),
+                                                 strict=True))
+
+
+def test_a_finished_run_leaves_no_checkpoint(target, draft, tokenizer, dataset, teacher, tmp_path):
+    align(target, draft, tokenizer, dataset, teacher, tmp_path, RESUMABLE)
+    assert not (tmp_path / trainer.CHECKPOINT).exists()
+
+
+def test_a_checkpoint_of_other_settings_is_refused(target, draft, tokenizer, dataset, teacher, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 5)
+        with pytest.raises(Interrupted):
+            align(target, draft, tokenizer, dataset, teacher, tmp_path, RESUMABLE)
+    with pytest.raises(ValueError, match=r"other settings or data \(config\).*delete it"):
+        align(target, draft, tokenizer, dataset, teacher, tmp_path, dataclasses.replace(RESUMABLE, lr=1e-3))
