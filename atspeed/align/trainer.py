@@ -92,7 +92,7 @@ class AlignConfig:
     seed: int = 0
     eval_every: int = 500  # steps between acceptance checks; 0: only before and after training
     eval_users: int = 256  # the first eval_users validation users
-    eval_batch_size: int = 1  # a batch accepts a level only if all its users do: 1 measures per-user acceptance
+    eval_batch_size: int = 16  # users per batch of the acceptance check (each user's rounds are its own)
     k: int = 20  # beams K of the acceptance check
     draft_beams: int | None = None  # draft beams N of the acceptance check (default 2K)
     gamma: int = 3  # drafted levels per round in the acceptance check
@@ -269,23 +269,23 @@ def batch_loss(
 def acceptance(
     rec: Recommender, histories: Sequence[Sequence[int]], cfg: AlignConfig, accelerator: Accelerator | None = None
 ) -> dict[str, float]:
-    """Strict speculative recommend with rec.draft: accepted levels per round, target calls per user.
-
-    Under several processes each decodes its share of `histories` and the counts are summed."""
+    """Strict speculative recommend with rec.draft: accepted levels per round, and target calls (one
+    per round) per user. On the static engine every user's rounds are its own, whatever the batch
+    (`eval_batch_size` only sets the speed). Under several processes each decodes its share of
+    `histories` and the counts are summed."""
     share = histories
     if accelerator is not None and accelerator.num_processes > 1:
         n = -(-len(histories) // accelerator.num_processes)
         share = histories[accelerator.process_index * n : (accelerator.process_index + 1) * n]
-    counts = torch.zeros(4, dtype=torch.float64)  # accepted levels, rounds, target calls, users
+    counts = torch.zeros(3, dtype=torch.float64)  # accepted levels, rounds, users
     if share:
-        out = recommend(rec, share, cfg.k, method="speculative", batch_size=cfg.eval_batch_size,
+        out = recommend(rec, share, cfg.k, method="speculative", batch_size=cfg.eval_batch_size, engine="static",
                         draft_beams=cfg.draft_beams, gamma=cfg.gamma)
-        counts += torch.tensor([out.accepted_levels, out.rounds, out.target_calls * len(share), len(share)],
-                               dtype=torch.float64)
+        counts += torch.tensor([out.accepted_levels, out.rounds, len(share)], dtype=torch.float64)
     if accelerator is not None and accelerator.num_processes > 1:
         counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
-    accepted, rounds, calls, users = counts.tolist()
-    return {"acceptance": accepted / max(rounds, 1.0), "target_calls": calls / max(users, 1.0)}
+    accepted, rounds, users = counts.tolist()
+    return {"acceptance": accepted / max(rounds, 1.0), "target_calls": rounds / max(users, 1.0)}
 
 
 def on_policy_items(rec: Recommender, draft: PreTrainedModel, batch: Sequence[Example], beams: int) -> list[list[int]]:

@@ -194,3 +194,15 @@ def test_a_checkpoint_of_other_settings_is_refused(target, draft, tokenizer, dat
             align(target, draft, tokenizer, dataset, teacher, tmp_path, RESUMABLE)
     with pytest.raises(ValueError, match=r"other settings or data \(config\).*delete it"):
         align(target, draft, tokenizer, dataset, teacher, tmp_path, dataclasses.replace(RESUMABLE, lr=1e-3))
+
+
+def test_the_acceptance_check_counts_each_user_alone_whatever_the_batch(target, rec, dataset):
+    draft = copy.deepcopy(target)  # the target, perturbed: some users' levels are accepted, others' not
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    valid = [c.history for c in eval_cases(dataset, "valid")]
+    with_draft = dataclasses.replace(rec, draft=draft)
+    alone = acceptance(with_draft, valid, config(eval_batch_size=1))
+    assert acceptance(with_draft, valid, config(eval_batch_size=5)) == alone  # lockstep batches would accept less
