@@ -8,7 +8,7 @@
 #    WORK/cache (one step of one teacher method and of TVD-KD makes both; 2 threads);
 # 2. per seed: the six methods, one epoch each, on two processes of one thread (train only);
 # 3. per seed: the evaluation on the first EVAL_USERS test users, the last checkpoint; with TIME_USERS,
-#    all are first counted untimed on two processes of one thread (--count-only, split by K; resumable;
+#    all are first counted untimed on two processes of one thread (--count-only, half the runs each; resumable;
 #    what does not depend on the seed, such as the start draft's strict runs, is counted once, in
 #    WORK/eval-all), then the first TIME_USERS are timed alone (2 threads) and the counts are read;
 # 4. the mean and spread over seeds: WORK/seeds.md.
@@ -49,10 +49,10 @@ for seed in $seeds; do
     evaluate="$bench --out $out --epochs 1 --seed $seed --results-dir $out --eval-users $eval_users
       --time-users $time_users --count-cache $work/eval-all --checkpoint last
       --methods atspeed-s,atspeed-r,wordkd,tvdkd,seqkd,none"
-    if [ "$time_users" -lt "$eval_users" ]; then  # the untimed runs, split by K over two processes
-      OMP_NUM_THREADS=1 $evaluate --threads 1 --count-only --ks 20,1 >> "$out/count-a.log" 2>&1 &
+    if [ "$time_users" -lt "$eval_users" ]; then  # the untimed runs, shared by two processes
+      OMP_NUM_THREADS=1 $evaluate --threads 1 --count-only --count-shard 0/2 >> "$out/count-a.log" 2>&1 &
       a=$!
-      OMP_NUM_THREADS=1 $evaluate --threads 1 --count-only --ks 10,5,3 >> "$out/count-b.log" 2>&1
+      OMP_NUM_THREADS=1 $evaluate --threads 1 --count-only --count-shard 1/2 >> "$out/count-b.log" 2>&1
       wait $a
     fi
     OMP_NUM_THREADS=2 $evaluate --threads 2 > "$out/eval.log" 2>&1  # times on the quiet machine, reads the counts

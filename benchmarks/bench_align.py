@@ -68,6 +68,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _shard(value: str) -> tuple[int, int]:
+    i, _, n = value.partition("/")
+    if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {value!r}")
+    return int(i), int(n)
+
+
 def _methods(value: str) -> list[str]:
     methods = [m.strip() for m in value.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -235,33 +242,37 @@ def count_run(rec: Recommender, histories, k: int, method: str, args, folder: Pa
     return result
 
 
-def count_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases) -> list[dict]:
+def count_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases,
+              shard: tuple[int, int] = (0, 1)) -> list[dict] | None:
     """Accepted levels per round, target calls (one per round) and quality of every run on all `cases`,
     untimed and resumable (in --count-cache); HF's lists are the tree path's here (the same lists:
-    tests/test_tree_beam_search_exact.py), decoded in batches."""
+    tests/test_tree_beam_search_exact.py), decoded in batches. With `shard` = (i, n), only every n-th
+    run from the i-th is counted and nothing is returned: n processes fill the cache side by side."""
     histories = [c.history for c in cases]
     truths = [c.truth for c in cases]
     folder = args.count_cache or args.out / "eval-all"
+    runs = [(k, name, verification) for k in args.ks
+            for name, verification in [("-", "tree")] + [(d, v) for d in drafts for v in VERIFICATIONS]]
+    counted = {}
+    for k, name, verification in tqdm(runs[shard[0] :: shard[1]], desc="count (all users)", unit="run"):
+        with_draft = rec if name == "-" else replace(rec, draft=drafts[name].eval())
+        method = "tree" if name == "-" else VERIFICATIONS[verification]
+        counted[(k, name, verification)] = count_run(with_draft, histories, k, method, args, folder)
+    if shard[1] > 1:
+        return None
     rows: list[dict] = []
-    bar = tqdm(total=len(args.ks) * (1 + 2 * len(drafts)), desc="count (all users)", unit="run")
     for k in args.ks:
-        bar.set_postfix_str(f"K={k} tree")
-        ref = count_run(rec, histories, k, "tree", args, folder)
+        ref = counted[(k, "-", "tree")]
         q_ref = evaluate(ref["items"], truths, ks=[k])
-        bar.update()
-        for name, draft in drafts.items():
-            with_draft = replace(rec, draft=draft.eval())
-            for verification, method in VERIFICATIONS.items():
-                bar.set_postfix_str(f"K={k} {name} {verification}")
-                r = count_run(with_draft, histories, k, method, args, folder)
-                bar.update()
-                rows.append({
-                    "k": k, "draft": name, "verification": verification, "users": len(cases),
-                    "accepted_levels_per_round": r["accepted"] / r["rounds"],
-                    "target_calls_per_user": r["rounds"] / len(cases),
-                    **quality(r["items"], ref["items"], q_ref, truths, k),
-                })
-    bar.close()
+        for (run_k, name, verification), r in counted.items():
+            if run_k != k or name == "-":
+                continue
+            rows.append({
+                "k": k, "draft": name, "verification": verification, "users": len(cases),
+                "accepted_levels_per_round": r["accepted"] / r["rounds"],
+                "target_calls_per_user": r["rounds"] / len(cases),
+                **quality(r["items"], ref["items"], q_ref, truths, k),
+            })
     return rows
 
 
@@ -328,8 +339,10 @@ def main() -> None:
                     help="time only the first T of them (default: all); accepted levels, target calls and quality "
                     "are then also counted on all M, untimed and resumable (OUT/eval-all/)")
     ap.add_argument("--count-only", action="store_true",
-                    help="only the untimed runs on all M users, into the count cache, without a report: processes "
-                    "with other --ks fill it side by side, and a last run without this flag reads it")
+                    help="only the untimed runs on all M users, into the count cache, without a report (a last run "
+                    "without this flag reads them)")
+    ap.add_argument("--count-shard", type=_shard, default=(0, 1), metavar="I/N",
+                    help="with --count-only: every N-th untimed run from the I-th, so N processes share the work")
     ap.add_argument("--count-batch", type=_positive, default=16, help="users per batch of the untimed strict runs")
     ap.add_argument("--count-cache", type=Path, default=None,
                     help="where the untimed runs are kept (default OUT/eval-all; share one between seeds)")
@@ -356,6 +369,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--results-dir", type=Path, default=RESULTS, help="also write align_<data>.{md,json} here")
     args = ap.parse_args()
+    if args.count_shard != (0, 1) and not args.count_only:
+        ap.error("--count-shard needs --count-only")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -404,7 +419,7 @@ def main() -> None:
 
     cases = eval_cases(ds, "test")[: args.eval_users]
     if args.count_only:
-        count_all(args, rec, drafts, cases)
+        count_all(args, rec, drafts, cases, args.count_shard)
         return
     timed = cases[: args.time_users] if args.time_users else cases
     with Timer(args.device) as timer:

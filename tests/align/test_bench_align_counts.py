@@ -64,9 +64,9 @@ def test_a_strict_count_serves_every_seed_and_a_sampled_one_only_its_own(bench, 
         bench.count_run(with_draft, histories, 3, "speculative-relaxed", other_seed, tmp_path)
 
 
-def test_count_only_processes_fill_the_cache_that_the_report_then_reads(bench, tmp_path, monkeypatch):
-    """Two `--count-only` runs with different --ks (side by side on a 2-core machine), then the run
-    that times and reports: it decodes none of the counted runs again."""
+def test_count_only_shards_fill_the_cache_that_the_report_then_reads(bench, tmp_path, monkeypatch):
+    """Two `--count-only` processes, each with its shard of the runs (side by side on a 2-core
+    machine), then the run that times and reports: it decodes none of the counted runs again."""
     from click.testing import CliRunner
 
     from atspeed.cli import main as cli
@@ -77,16 +77,27 @@ def test_count_only_processes_fill_the_cache_that_the_report_then_reads(bench, t
     common = ["bench_align.py", "--data", tmp_path / "data", "--target", tmp_path / "model", "--draft",
               tmp_path / "model", "--out", tmp_path / "work", "--results-dir", tmp_path / "work", "--methods", "none",
               "--steps", "1", "--batch-size", "4", "--align-eval-users", "2", "--eval-users", "6",
-              "--time-users", "2", "--draft-beams", "3", "--warmup", "0", "--checkpoint", "last"]
-    for ks in ("1", "3"):
-        monkeypatch.setattr("sys.argv", [str(a) for a in common + ["--ks", ks, "--count-only"]])
+              "--time-users", "2", "--draft-beams", "3", "--warmup", "0", "--checkpoint", "last", "--ks", "1,3"]
+    counted = {}
+    for shard in ("0/2", "1/2"):
+        monkeypatch.setattr("sys.argv", [str(a) for a in common + ["--count-only", "--count-shard", shard]])
         bench.main()
-    counted = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work" / "eval-all").iterdir()}
-    assert len(counted) == 2 * (1 + 2 * 2)  # per K: the tree path, and both verifications of start and none
+        files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work" / "eval-all").iterdir()}
+        assert len(files) == len(counted) + 5  # half of 2 K x (the tree path + 2 drafts x 2 verifications)
+        counted = files
     assert not list((tmp_path / "work").glob("align_*"))  # no report yet
 
-    monkeypatch.setattr("sys.argv", [str(a) for a in common + ["--ks", "1,3"]])
+    monkeypatch.setattr("sys.argv", [str(a) for a in common])
     bench.main()
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work" / "eval-all").iterdir()} == counted
     report = json.loads(next((tmp_path / "work").glob("align_*.json")).read_text())
-    assert {r["k"] for r in report["rows_all"]} == {1, 3}
+    assert [(r["k"], r["draft"], r["verification"]) for r in report["rows_all"]] == [
+        (k, d, v) for k in (1, 3) for d in ("start", "none") for v in ("strict", "relaxed")]
+
+
+def test_a_count_shard_outside_its_count_is_refused(bench, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["bench_align.py", "--data", "d", "--target", "t", "--draft", "d", "--out", "o",
+                                     "--count-only", "--count-shard", "2/2"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "expected I/N with 0 <= I < N" in capsys.readouterr().err
