@@ -363,7 +363,7 @@ def align(
             _write_json(out_dir / "history.json", {"config": asdict(cfg), "best_step": result.best_step,
                                                    "best_acceptance": result.best_acceptance,
                                                    "history": result.history})
-        if step < steps:
+        if 0 < step < steps:  # resuming at step 0 is starting afresh
             checkpoint.save(accelerator, step, result)
         accelerator.wait_for_everyone()
 

@@ -166,15 +166,15 @@ def interrupt_at(monkeypatch, call: int) -> None:
 RESUMABLE = config(batch_size=64, max_steps=None, epochs=2, eval_every=3)  # 4 batches per epoch: checks at 0, 3, 6, 8
 
 
-@pytest.mark.parametrize("call", [5, 8], ids=["in-the-first-epoch", "in-the-second-epoch"])
+@pytest.mark.parametrize("call", [2, 5, 8], ids=["before-the-first-check", "in-the-first-epoch", "in-the-second-epoch"])
 def test_a_resumed_run_ends_as_an_uninterrupted_one(call, target, draft, tokenizer, dataset, teacher, tmp_path,
                                                     monkeypatch):
-    resumed = copy.deepcopy(draft)
+    start, resumed = copy.deepcopy(draft), copy.deepcopy(draft)  # a rerun loads the starting draft again
     whole = align(target, draft, tokenizer, dataset, teacher, tmp_path / "whole", RESUMABLE)
     with monkeypatch.context() as patch:
         interrupt_at(patch, call)
         with pytest.raises(Interrupted):
-            align(target, resumed, tokenizer, dataset, teacher, tmp_path / "resumed", RESUMABLE)
+            align(target, start, tokenizer, dataset, teacher, tmp_path / "resumed", RESUMABLE)
     result = align(target, resumed, tokenizer, dataset, teacher, tmp_path / "resumed", RESUMABLE)
     assert result.resumed_step == 3 * ((call - 1) // 3)
     assert (result.losses, result.history, result.best_step) == (whole.losses, whole.history, whole.best_step)
