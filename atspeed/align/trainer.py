@@ -346,7 +346,7 @@ def align(
     accelerator.register_for_checkpointing(scheduler)
     result = AlignResult(final=out_dir / "final", history=[])
     recent: list[float] = []  # losses since the last check
-    checkpoint = Checkpoint(out_dir / CHECKPOINT, {"config": asdict(cfg), "samples": len(examples)})
+    checkpoint = Checkpoint(out_dir / CHECKPOINT, {**asdict(cfg), "samples": len(examples)})
 
     def check(step: int) -> None:
         unwrapped = accelerator.unwrap_model(model)
@@ -443,10 +443,10 @@ class Checkpoint:
         if not (folder / "progress.json").exists():
             return 0
         progress = json.loads((folder / "progress.json").read_text())
-        saved = {k: progress.get(k) for k in self.key}
-        if saved != json.loads(json.dumps(self.key)):
-            changed = sorted(k for k in self.key if saved[k] != json.loads(json.dumps(self.key[k])))
-            raise ValueError(f"{folder} was saved by a run with other settings or data ({', '.join(changed)}): "
+        key = json.loads(json.dumps(self.key))  # as JSON reads it back (tuples are lists)
+        changed = [f"{k} {progress.get(k)!r} -> {v!r}" for k, v in key.items() if progress.get(k) != v]
+        if changed:
+            raise ValueError(f"{folder} was saved by a run with other settings or data ({'; '.join(changed)}): "
                              "delete it to start afresh, or resume with the same ones.")
         accelerator.load_state(str(folder))
         result.history, result.losses = progress["history"], progress["losses"]

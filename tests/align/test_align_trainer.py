@@ -192,7 +192,7 @@ def test_a_checkpoint_of_other_settings_is_refused(target, draft, tokenizer, dat
         interrupt_at(patch, 5)
         with pytest.raises(Interrupted):
             align(target, draft, tokenizer, dataset, teacher, tmp_path, RESUMABLE)
-    with pytest.raises(ValueError, match=r"other settings or data \(config\).*delete it"):
+    with pytest.raises(ValueError, match=r"other settings or data \(lr 0.01 -> 0.001\).*delete it"):
         align(target, draft, tokenizer, dataset, teacher, tmp_path, dataclasses.replace(RESUMABLE, lr=1e-3))
 
 
