@@ -15,6 +15,7 @@
 # Every step resumes (rerun the script after an interruption). DATA: the dataset folder (default: the
 # co-occurrence copy of the README, beauty-cf); TARGET and DRAFT: the committed pair unless set.
 set -euo pipefail
+trap 'kill $(jobs -p) 2> /dev/null || true' EXIT  # a failed step stops its partner process too
 work=$1; users=$2; lr=$3; seeds=$4; eval_users=$5; time_users=${6:-$5}
 data=${DATA:-beauty-cf}
 target=${TARGET:-atspeed/rec/pretrained/beauty-cf-target}

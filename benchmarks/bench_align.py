@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import sys
 from dataclasses import asdict, replace
@@ -69,10 +70,10 @@ def _positive(value: str) -> int:
 
 
 def _shard(value: str) -> tuple[int, int]:
-    i, _, n = value.partition("/")
-    if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+    match = re.fullmatch(r"([0-9]+)/([0-9]+)", value)
+    if match is None or not int(match[1]) < int(match[2]):
         raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {value!r}")
-    return int(i), int(n)
+    return int(match[1]), int(match[2])
 
 
 def _methods(value: str) -> list[str]:
@@ -371,6 +372,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.count_shard != (0, 1) and not args.count_only:
         ap.error("--count-shard needs --count-only")
+    if args.count_only:
+        if args.time_users is None or args.time_users >= args.eval_users:
+            ap.error("--count-only fills the counts of a run with --time-users below --eval-users; give both")
+        untrained = [m for m in args.methods if not (args.out / m / "done.json").exists()]
+        if untrained:  # count-only processes run side by side: they would train the same folders at once
+            ap.error(f"--count-only needs every method trained first; not yet: {', '.join(untrained)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

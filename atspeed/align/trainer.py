@@ -40,6 +40,7 @@ training ends.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -58,7 +59,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from atspeed.align.losses import ALIGN_LOSSES, combine, rec_loss, seqkd_loss
 from atspeed.align.rows import Rows, answer_allowed, answer_logits, encode_rows
 from atspeed.align.target_logits import TargetLogits, generate_target_logits, load_target_logits
-from atspeed.align.teacher import TeacherData
+from atspeed.align.teacher import TeacherData, sha256_json, weights_sha256
 from atspeed.files import write_text
 from atspeed.rec.data import MAX_HISTORY, RecDataset, eval_cases, train_samples
 from atspeed.rec.recommend import Recommender, build_recommender, recommend
@@ -346,7 +347,8 @@ def align(
     accelerator.register_for_checkpointing(scheduler)
     result = AlignResult(final=out_dir / "final", history=[])
     recent: list[float] = []  # losses since the last check
-    checkpoint = Checkpoint(out_dir / CHECKPOINT, {**asdict(cfg), "samples": len(examples)})
+    checkpoint = Checkpoint(out_dir / CHECKPOINT, {**asdict(cfg), "processes": accelerator.num_processes},
+                            examples, target)
 
     def check(step: int) -> None:
         unwrapped = accelerator.unwrap_model(model)
@@ -411,40 +413,53 @@ CHECKPOINT = "checkpoint"
 
 @dataclass
 class Checkpoint:
-    """The training state of `align` in `folder`, for the run whose settings and data are `key`."""
+    """The training state of `align` in `folder`. A folder holding progress.json is complete: it is
+    written last and removed first."""
 
     folder: Path
-    key: dict
+    settings: dict  # the config and the number of processes
+    examples: Sequence[Example]
+    target: PreTrainedModel
+
+    @functools.cached_property
+    def key(self) -> dict:
+        """What a run must share with the saved one to resume it, as JSON reads it back."""
+        examples = sha256_json([[e.history, e.target, e.beams] for e in self.examples])
+        return json.loads(json.dumps({**self.settings, "examples": examples, "target": weights_sha256(self.target)}))
+
+    def _sibling(self, suffix: str) -> Path:
+        return self.folder.with_name(self.folder.name + suffix)
 
     def save(self, accelerator: Accelerator, step: int, result: AlignResult) -> None:
-        """Write the state into a fresh folder, then swap it in, so that an interruption leaves the
-        previous checkpoint (possibly as folder.old) whole."""
-        tmp, old = self.folder.with_name(self.folder.name + ".tmp"), self.folder.with_name(self.folder.name + ".old")
+        """Write the state into a fresh folder, then swap it in: an interruption anywhere leaves a
+        complete checkpoint (the previous one, or the new one as folder.tmp)."""
+        tmp, old = self._sibling(".tmp"), self._sibling(".old")
         if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _discard(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every process's random states are written
         if accelerator.is_main_process:
             progress = {**self.key, "step": step, "history": result.history, "losses": result.losses,
                         "best_step": result.best_step, "best_acceptance": result.best_acceptance}
             _write_json(tmp / "progress.json", progress)
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
             if self.folder.exists():
                 self.folder.rename(old)
             tmp.rename(self.folder)
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
         accelerator.wait_for_everyone()
 
     def load(self, accelerator: Accelerator, result: AlignResult) -> int:
-        """Restore the saved state into the prepared objects and `result`; the step to go on from
-        (0: nothing saved)."""
-        old = self.folder.with_name(self.folder.name + ".old")
-        folder = self.folder if (self.folder / "progress.json").exists() else old
-        if not (folder / "progress.json").exists():
+        """Restore the newest complete state into the prepared objects and `result`; the step to go
+        on from (0: nothing saved)."""
+        saved = [(json.loads((f / "progress.json").read_text()), f)
+                 for f in (self.folder, self._sibling(".tmp"), self._sibling(".old")) if (f / "progress.json").exists()]
+        if not saved:
             return 0
-        progress = json.loads((folder / "progress.json").read_text())
-        key = json.loads(json.dumps(self.key))  # as JSON reads it back (tuples are lists)
-        changed = [f"{k} {progress.get(k)!r} -> {v!r}" for k, v in key.items() if progress.get(k) != v]
+        progress, folder = max(saved, key=lambda p: p[0]["step"])
+        changed = [k if k in ("examples", "target") else f"{k} {progress.get(k)!r} -> {v!r}"
+                   for k, v in self.key.items() if progress.get(k) != v]
         if changed:
             raise ValueError(f"{folder} was saved by a run with other settings or data ({'; '.join(changed)}): "
                              "delete it to start afresh, or resume with the same ones.")
@@ -455,9 +470,15 @@ class Checkpoint:
 
     def remove(self, accelerator: Accelerator) -> None:
         if accelerator.is_main_process:
-            for folder in (self.folder, self.folder.with_name(self.folder.name + ".old")):
-                shutil.rmtree(folder, ignore_errors=True)
+            for suffix in ("", ".tmp", ".old"):
+                _discard(self._sibling(suffix))
         accelerator.wait_for_everyone()
+
+
+def _discard(folder: Path) -> None:
+    """Remove a checkpoint folder, its progress.json first, so that a half-removed one is not complete."""
+    (folder / "progress.json").unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_json(path: Path, value: object) -> None:

@@ -184,7 +184,7 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one(call, target, draft, tokeniz
 
 def test_a_finished_run_leaves_no_checkpoint(target, draft, tokenizer, dataset, teacher, tmp_path):
     align(target, draft, tokenizer, dataset, teacher, tmp_path, RESUMABLE)
-    assert not (tmp_path / trainer.CHECKPOINT).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(trainer.CHECKPOINT)]
 
 
 def test_a_checkpoint_of_other_settings_is_refused(target, draft, tokenizer, dataset, teacher, tmp_path, monkeypatch):
@@ -206,3 +206,31 @@ def test_the_acceptance_check_counts_each_user_alone_whatever_the_batch(target, 
     with_draft = dataclasses.replace(rec, draft=draft)
     alone = acceptance(with_draft, valid, config(eval_batch_size=1))
     assert acceptance(with_draft, valid, config(eval_batch_size=5)) == alone  # lockstep batches would accept less
+
+
+def test_a_checkpoint_left_mid_swap_is_resumed_and_a_half_removed_one_ignored(target, draft, tokenizer, dataset,
+                                                                              teacher, tmp_path, monkeypatch):
+    start, resumed = copy.deepcopy(draft), copy.deepcopy(draft)
+    whole = align(target, draft, tokenizer, dataset, teacher, tmp_path / "whole", RESUMABLE)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 8)  # checkpoints at steps 3 and 6
+        with pytest.raises(Interrupted):
+            align(target, start, tokenizer, dataset, teacher, tmp_path / "run", RESUMABLE)
+    folder = tmp_path / "run" / trainer.CHECKPOINT
+    folder.rename(folder.with_name("checkpoint.tmp"))  # killed between the two renames of a save
+    (folder.with_name("checkpoint.old")).mkdir()  # and a removal that did not finish: no progress.json
+    result = align(target, resumed, tokenizer, dataset, teacher, tmp_path / "run", RESUMABLE)
+    assert result.resumed_step == 6
+    assert (result.losses, result.history) == (whole.losses, whole.history)
+
+
+def test_a_checkpoint_made_with_another_target_is_refused(target, draft, tokenizer, dataset, teacher, tmp_path,
+                                                          monkeypatch):
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 5)
+        with pytest.raises(Interrupted):
+            align(target, copy.deepcopy(draft), tokenizer, dataset, teacher, tmp_path, RESUMABLE)
+    with torch.no_grad():
+        target.lm_head.weight.add_(1.0)
+    with pytest.raises(ValueError, match=r"other settings or data \(target\)"):
+        align(target, draft, tokenizer, dataset, teacher, tmp_path, RESUMABLE)

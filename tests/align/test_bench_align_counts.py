@@ -78,6 +78,8 @@ def test_count_only_shards_fill_the_cache_that_the_report_then_reads(bench, tmp_
               tmp_path / "model", "--out", tmp_path / "work", "--results-dir", tmp_path / "work", "--methods", "none",
               "--steps", "1", "--batch-size", "4", "--align-eval-users", "2", "--eval-users", "6",
               "--time-users", "2", "--draft-beams", "3", "--warmup", "0", "--checkpoint", "last", "--ks", "1,3"]
+    monkeypatch.setattr("sys.argv", [str(a) for a in common + ["--skip-eval"]])
+    bench.main()  # training first: the count-only processes only evaluate
     counted = {}
     for shard in ("0/2", "1/2"):
         monkeypatch.setattr("sys.argv", [str(a) for a in common + ["--count-only", "--count-shard", shard]])
@@ -101,3 +103,15 @@ def test_a_count_shard_outside_its_count_is_refused(bench, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench.main()
     assert "expected I/N with 0 <= I < N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--eval-users", "6"], "--count-only fills the counts of a run with --time-users below --eval-users"),
+    (["--eval-users", "6", "--time-users", "2"], "--count-only needs every method trained first; not yet: none"),
+])
+def test_count_only_is_refused_where_it_would_be_wasted_or_race(extra, message, bench, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("sys.argv", ["bench_align.py", "--data", "d", "--target", "t", "--draft", "d", "--out",
+                                     str(tmp_path), "--methods", "none", "--count-only", *extra])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert message in capsys.readouterr().err
