@@ -262,18 +262,16 @@ def count_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases,
     if shard[1] > 1:
         return None
     rows: list[dict] = []
-    for k in args.ks:
-        ref = counted[(k, "-", "tree")]
-        q_ref = evaluate(ref["items"], truths, ks=[k])
-        for (run_k, name, verification), r in counted.items():
-            if run_k != k or name == "-":
-                continue
-            rows.append({
-                "k": k, "draft": name, "verification": verification, "users": len(cases),
-                "accepted_levels_per_round": r["accepted"] / r["rounds"],
-                "target_calls_per_user": r["rounds"] / len(cases),
-                **quality(r["items"], ref["items"], q_ref, truths, k),
-            })
+    for (k, name, verification), r in counted.items():  # per K, the tree path comes first
+        if name == "-":
+            ref, q_ref = r, evaluate(r["items"], truths, ks=[k])
+            continue
+        rows.append({
+            "k": k, "draft": name, "verification": verification, "users": len(cases),
+            "accepted_levels_per_round": r["accepted"] / r["rounds"],
+            "target_calls_per_user": r["rounds"] / len(cases),
+            **quality(r["items"], ref["items"], q_ref, truths, k),
+        })
     return rows
 
 
@@ -409,14 +407,14 @@ def main() -> None:
         args.align_eval_every = max(1, steps // 4)
 
     teacher = None
-    if any(m in TEACHER_METHODS for m in args.methods):
+    if any(m in TEACHER_METHODS for m in args.methods) and not args.count_only:  # count-only: all trained
         with Timer(args.device) as timer:
             generate_teacher_data(rec, subset, args.out / "teacher", k=args.teacher_k)
             teacher = load_teacher_data(args.out / "teacher")
         log(f"teacher data: {len(teacher)} prompts x top-{teacher.k} in {timer.time_cost:.0f}s "
             f"({args.out / 'teacher'})")
 
-    training = train_all(args, rec, subset, teacher, log)
+    training = {} if args.count_only else train_all(args, rec, subset, teacher, log)
     if args.skip_eval:
         return
     drafts = {"start": start_draft}

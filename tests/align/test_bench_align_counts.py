@@ -80,18 +80,23 @@ def test_count_only_shards_fill_the_cache_that_the_report_then_reads(bench, tmp_
               "--time-users", "2", "--draft-beams", "3", "--warmup", "0", "--checkpoint", "last", "--ks", "1,3"]
     monkeypatch.setattr("sys.argv", [str(a) for a in common + ["--skip-eval"]])
     bench.main()  # training first: the count-only processes only evaluate
-    counted = {}
+    counted: set[str] = set()
     for shard in ("0/2", "1/2"):
         monkeypatch.setattr("sys.argv", [str(a) for a in common + ["--count-only", "--count-shard", shard]])
         bench.main()
-        files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work" / "eval-all").iterdir()}
+        files = {p.name for p in (tmp_path / "work" / "eval-all").iterdir()}
         assert len(files) == len(counted) + 5  # half of 2 K x (the tree path + 2 drafts x 2 verifications)
         counted = files
     assert not list((tmp_path / "work").glob("align_*"))  # no report yet
 
+    decoded: list[int] = []  # users per decode of the reporting run
+    recommend = bench.recommend
+    monkeypatch.setattr(bench, "recommend", lambda rec, histories, *a, **k: (
+        decoded.append(len(histories)), recommend(rec, histories, *a, **k))[1])
     monkeypatch.setattr("sys.argv", [str(a) for a in common])
     bench.main()
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work" / "eval-all").iterdir()} == counted
+    assert decoded and set(decoded) == {2}  # only the timed users: no run over all 6 is decoded again
+    assert {p.name for p in (tmp_path / "work" / "eval-all").iterdir()} == counted
     report = json.loads(next((tmp_path / "work").glob("align_*.json")).read_text())
     assert [(r["k"], r["draft"], r["verification"]) for r in report["rows_all"]] == [
         (k, d, v) for k in (1, 3) for d in ("start", "none") for v in ("strict", "relaxed")]
