@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping
 
 import torch
@@ -31,6 +32,18 @@ def _setting(name: str, value: Any, config_value: Any, arg_name: str, owner: str
     return value
 
 
+def _warn_config_sampling(model: torch.nn.Module, generate_kwargs: dict, role: str, exact: str) -> None:
+    """Like generate(), the function API takes do_sample from the model's generation_config when it is not
+    passed; many chat checkpoints ship do_sample=True, which turns the exact search into sampling."""
+    if "do_sample" not in generate_kwargs and getattr(model.generation_config, "do_sample", False):
+        warnings.warn(
+            f"{role}.generation_config.do_sample is True, so this samples (as generate() would) instead of running "
+            f"{exact}; pass do_sample=False for that.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def beam_search_by_TreeAttn(
     model: torch.nn.Module,
     inputs: Mapping[str, torch.Tensor] | torch.Tensor,
@@ -52,6 +65,7 @@ def beam_search_by_TreeAttn(
     gc = model.generation_config
     max_new_tokens = _setting("max_new_tokens", max_new_tokens, gc.max_new_tokens, "max_new_tokens")
     beam_size = _setting("num_beams", beam_size, gc.num_beams, "num_beams (beam_size)")
+    _warn_config_sampling(model, generate_kwargs, "model", "beam search")
     generate_kwargs.setdefault("num_return_sequences", beam_size)
     out = generate_with_tree_attention(
         model,
@@ -108,7 +122,8 @@ def beam_search_by_SD(
     engine: str = "auto",
     **generate_kwargs: Any,
 ) -> dict[str, Any]:
-    """Speculative beam search. With do_sample=False (default): strict top-K verification, exactly the
+    """Speculative beam search. With do_sample=False (the default unless target_model.generation_config
+    says otherwise, as in generate(); a warning says so): strict top-K verification, exactly the
     target's beam search output. With do_sample=True: beam sampling with relaxed verification,
     `sampling_verification` = "accept_any" (the paper's rule) or "recursive" (exact, K = 1).
 
@@ -121,11 +136,19 @@ def beam_search_by_SD(
     ("auto", "static", "dynamic") picks the decode; the default runs strict verification on the
     static engine wherever it applies (stats: out["engine"]).
     """
+    if schedule is not None:  # gamma, if given too, must be the most levels a round of it drafts
+        most = max(1, schedule.max_gamma)  # an adaptive schedule at 0 levels probes with one
+        if gamma is not None and gamma != most:
+            raise ValueError(
+                f"gamma={gamma!r} and the schedule (at most {most} levels per round) disagree: pass one, or the same."
+            )
+        gamma = max(1, schedule.gamma)
     max_new_tokens, gamma, beam_size, draft_beam_size = _sd_settings(
         target_model, draft_model, max_new_tokens, gamma, beam_size, draft_beam_size
     )
     if schedule is None:
         schedule = DraftSchedule(gamma)
+    _warn_config_sampling(target_model, generate_kwargs, "target_model", "the exact (strict) speculative beam search")
     for key, use in (("num_beams", "beam_size"), ("max_length", "max_new_tokens")):
         if key in generate_kwargs:
             raise ValueError(f"pass {use}=... to beam_search_by_SD instead of {key}.")

@@ -336,9 +336,9 @@ def train(data_dir: Path, out: Path, kind: str, allow_duplicate_ids: bool, inclu
 @KS
 @click.option("--methods", default=None, callback=_subset(METHODS),
               help=f"subset of {', '.join(METHODS)} (default: all that apply)")
-@click.option("--users", type=int, default=None, help="evaluate the first N test users only")
+@click.option("--users", type=click.IntRange(min=1), default=None, help="evaluate the first N test users only")
 @click.option("--batch-size", default=1, show_default=True, help="users decoded together")
-@click.option("--draft-beams", type=int, default=None, help="draft beams N (default 2K)")
+@click.option("--draft-beams", type=click.IntRange(min=1), default=None, help="draft beams N (default 2K; at least K)")
 @click.option("--gamma", default=3, show_default=True, help="levels drafted per round")
 @DEVICE
 @DTYPE
@@ -554,7 +554,7 @@ def serve(data_dir: Path | None, **settings: object) -> None:
 @_draft()
 @click.option("--out", type=NEW_FOLDER, default=Path("atspeed-demo"), show_default=True,
               help="work folder: data, trained models, results.{json,csv,png}")
-@click.option("--users", type=int, default=100, show_default=True, help="test users to evaluate")
+@click.option("--users", type=click.IntRange(min=1), default=100, show_default=True, help="test users to evaluate")
 @KS
 @click.option("--epochs", type=float, default=1.0, show_default=True,
               help="training epochs when models are trained (with --data, or with --train-steps)")

@@ -66,6 +66,9 @@ def fresh(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def run_sd(target, draft, inputs, *, K: int, N: int, gamma: int, max_new_tokens: int, **kwargs) -> dict[str, Any]:
+    """beam_search_by_SD with the paper's names; a `schedule` in kwargs sets the draft length instead of gamma."""
+    if kwargs.get("schedule") is not None:
+        gamma = None
     return beam_search_by_SD(
         target, draft, inputs, max_new_tokens=max_new_tokens, gamma=gamma, beam_size=K, draft_beam_size=N, **kwargs
     )

@@ -4,6 +4,8 @@ a TypeError, or a silently wrong answer."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from helpers import make_model
@@ -53,6 +55,8 @@ ENTRY_POINTS = pytest.mark.parametrize("run", [tree, speculative], ids=["tree", 
     ({"attention_mask": torch.ones(1, 3)}, r"got dict"),
     ({"input_ids": [[5, 6, 7]]}, r"input_ids must be a torch tensor, got list"),
     ({"input_ids": torch.tensor([[5.0, 6.0]])}, r"input_ids must hold integer token ids, got dtype torch.float32"),
+    (torch.ones(1, 1, 8, dtype=torch.long),
+     r"input_ids must be \[batch, length\] \(or \[length\]\), got shape \(1, 1, 8\)"),
 ])
 def test_bad_inputs_are_refused_with_a_message(pair, run, inputs, message):
     with pytest.raises(ValueError, match=message):
@@ -77,6 +81,51 @@ def test_a_model_that_is_not_a_hugging_face_lm_is_refused(pair, run, position):
 def test_a_one_dimensional_tensor_is_one_prompt(pair, run):
     assert torch.equal(run(pair, torch.tensor([5, 6, 7]))["beam_sequences"],
                        run(pair, {"input_ids": ids([5, 6, 7])})["beam_sequences"])
+
+
+@ENTRY_POINTS
+def test_a_one_dimensional_mapping_is_one_prompt(pair, run):
+    one = {"input_ids": torch.tensor([5, 6, 7]), "attention_mask": torch.ones(3, dtype=torch.long)}
+    assert torch.equal(run(pair, one)["beam_sequences"], run(pair, {"input_ids": ids([5, 6, 7])})["beam_sequences"])
+
+
+@ENTRY_POINTS
+@pytest.mark.parametrize("name", ["token_type_ids", "inputs_embeds", "pixel_values"])
+def test_model_inputs_it_cannot_forward_are_refused_not_dropped(pair, run, name):
+    inputs = {"input_ids": ids([5, 6, 7]), name: torch.zeros(1, 3, dtype=torch.long)}
+    with pytest.raises(NotImplementedError, match=rf"other than input_ids and attention_mask \(\['{name}'\]\)"):
+        run(pair, inputs)
+
+
+def test_zero_return_sequences_is_refused_by_tree_attention(pair):
+    with pytest.raises(ValueError, match=r"num_return_sequences must be an integer >= 1, got 0"):
+        beam_search_by_TreeAttn(pair[0], ids([5, 6, 7]), max_new_tokens=2, beam_size=2, num_return_sequences=0)
+
+
+def test_zero_return_sequences_is_refused_by_speculative_decoding(pair):
+    with pytest.raises(ValueError, match=r"num_return_sequences must be an integer >= 1, got 0"):
+        beam_search_by_SD(*pair, ids([5, 6, 7]), max_new_tokens=2, gamma=2, beam_size=2, draft_beam_size=4,
+                          num_return_sequences=0)
+
+
+def test_a_sampling_generation_config_is_followed_with_a_warning(pair):
+    """As generate() does, the model's generation_config.do_sample applies when do_sample is not passed;
+    the function API, documented as exact, says so instead of sampling silently."""
+    target = make_model("llama", seed=0)
+    target.generation_config.do_sample = True
+    with pytest.warns(UserWarning, match=r"target_model.generation_config.do_sample is True, so this samples"):
+        out = beam_search_by_SD(target, pair[1], ids([5, 6, 7]), max_new_tokens=2, gamma=2, beam_size=2,
+                                draft_beam_size=4)
+    assert "relaxed" in out["engine"]
+
+
+def test_do_sample_false_overrides_a_sampling_generation_config_without_a_warning(pair):
+    target = make_model("llama", seed=0)
+    target.generation_config.do_sample = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = beam_search_by_TreeAttn(target, ids([5, 6, 7]), max_new_tokens=2, beam_size=2, do_sample=False)
+    assert torch.equal(out["beam_sequences"], tree(pair, ids([5, 6, 7]))["beam_sequences"])
 
 
 def test_patched_generate_refuses_a_mask_of_another_shape():

@@ -171,6 +171,10 @@ CASES = [
                                "--out", "results"), r"half-weights/model.safetensors: not a complete safetensors"),
     ("evaluate-bad-ks", ("evaluate", "--data", "{data}", "--target", "{target}", "--ks", "0"),
      r"'--ks': every K must be >= 1"),
+    ("evaluate-negative-users", ("evaluate", "--data", "{data}", "--target", "{target}", "--users", "-5"),
+     r"'--users': -5 is not in the range x>=1"),
+    ("evaluate-zero-draft-beams", ("evaluate", "--data", "{data}", "--target", "{target}", "--draft-beams", "0"),
+     r"'--draft-beams': 0 is not in the range x>=1"),
     ("teacher-ray-not-installed", ("teacher", "--data", "{data}", "--target", "{target}", "--out", "teacher",
                                    "--engine", "ray"), r"--engine ray needs Ray.*pip install \"atspeed\[ray\]\""),
 ]

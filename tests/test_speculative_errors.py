@@ -46,6 +46,31 @@ def test_draft_length_that_is_not_a_positive_integer_is_refused(gamma):
         run_sd(target, draft, prompt(), K=2, N=4, gamma=gamma, max_new_tokens=4)
 
 
+def test_gamma_that_disagrees_with_the_schedule_is_refused():
+    target, draft = model_pair()
+    with pytest.raises(ValueError, match=r"gamma=1 and the schedule \(at most 3 levels per round\) disagree"):
+        beam_search_by_SD(target, draft, prompt(), max_new_tokens=4, gamma=1, beam_size=2, draft_beam_size=4,
+                          schedule=DraftSchedule(3))
+
+
+def test_a_schedule_alone_sets_gamma():
+    target, draft = model_pair()
+    settings = dict(max_new_tokens=4, beam_size=2, draft_beam_size=4)
+    by_schedule = beam_search_by_SD(target, draft, prompt(), **settings, schedule=DraftSchedule(1))
+    assert by_schedule["per_round_accepted"] == beam_search_by_SD(target, draft, prompt(), **settings,
+                                                                  gamma=1)["per_round_accepted"]
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (dict(gamma=-3, adaptive=True), r"gamma must be an integer >= 0, got -3"),
+    (dict(gamma=2.0), r"gamma must be an integer >= 1, got 2\.0"),
+    (dict(gamma=3, max_gamma=2), r"max_gamma must be an integer >= gamma \(3\), got 2"),
+])
+def test_a_schedule_that_cannot_draft_is_refused_when_made(settings, message):
+    with pytest.raises(ValueError, match=message):
+        DraftSchedule(**settings)
+
+
 def test_fixed_schedule_of_zero_levels_is_refused():
     target, draft = model_pair()
     with pytest.raises(ValueError, match=r"gamma .*must be an integer >= 1, got 0"):

@@ -39,6 +39,10 @@ from atspeed.decoding.tree_search import BeamSearchResult, FiniteWatch, LogitsPr
 Hook = Callable[[str], object]  # returns a context manager timing the named phase
 
 
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 @dataclass
 class DraftSchedule:
     """Draft length per round. Fixed (the paper's setting) or adaptive: after a fully accepted round
@@ -59,6 +63,13 @@ class DraftSchedule:
     def __post_init__(self) -> None:
         if self.max_gamma is None:
             self.max_gamma = self.gamma
+        least = 0 if self.adaptive else 1  # an adaptive schedule may start as plain tree attention
+        if not _is_int(self.gamma) or self.gamma < least:
+            raise ValueError(f"DraftSchedule gamma must be an integer >= {least}, got {self.gamma!r}.")
+        if not _is_int(self.max_gamma) or self.max_gamma < self.gamma:
+            raise ValueError(
+                f"DraftSchedule max_gamma must be an integer >= gamma ({self.gamma}), got {self.max_gamma!r}."
+            )
 
     def next_gamma(self, remaining: int) -> int:
         g = self.gamma

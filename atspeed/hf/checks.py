@@ -21,6 +21,8 @@ def check_generation_request(
     """Clear errors for requests that would otherwise fail deep inside torch, or silently."""
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams (beam_size) must be an integer >= 1, got {num_beams!r}.")
+    if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}.")
     if num_return_sequences > num_beams:
         raise ValueError(
             f"num_return_sequences={num_return_sequences} is larger than num_beams={num_beams}: beam search "
@@ -60,19 +62,31 @@ def check_generation_request(
 
 def check_inputs(inputs: Mapping[str, torch.Tensor] | torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The function API's `inputs` (a tensor of token ids, or a mapping with input_ids and optionally
-    attention_mask) as generate() keyword arguments: [B, n] integer ids, a mask of the same shape."""
+    attention_mask, such as a tokenizer's output) as generate() keyword arguments: [B, n] integer ids
+    ([n] is one prompt), a mask of the same shape. Any other model input is refused: dropping it (a
+    GPT-2 tokenizer's token_type_ids, inputs_embeds) would decode another prompt than the caller's."""
     if isinstance(inputs, torch.Tensor):
-        inputs = {"input_ids": inputs if inputs.dim() == 2 else inputs[None]}
+        inputs = {"input_ids": inputs}
     if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
         raise ValueError(
             "inputs must be a tensor of token ids or a mapping with 'input_ids' (and 'attention_mask'), got "
             f"{type(inputs).__name__}."
         )
-    out = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask") and v is not None}
+    extra = sorted(k for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and v is not None)
+    if extra:
+        raise NotImplementedError(
+            f"inputs holds model inputs other than input_ids and attention_mask ({extra}); tree-attention beam "
+            "search does not forward them."
+        )
+    out = {k: v for k, v in inputs.items() if v is not None}
     for name, value in out.items():
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{name} must be a torch tensor, got {type(value).__name__}.")
+    out = {name: value[None] if value.dim() == 1 else value for name, value in out.items()}  # one prompt
     ids, mask = out["input_ids"], out.get("attention_mask")
+    if ids.dim() != 2:
+        shape = tuple(inputs["input_ids"].shape)
+        raise ValueError(f"input_ids must be [batch, length] (or [length]), got shape {shape}.")
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise ValueError(f"input_ids must hold integer token ids, got dtype {ids.dtype}.")
     if mask is not None and mask.shape != ids.shape:

@@ -51,7 +51,8 @@ def prepare_request(
     model: torch.nn.Module, input_ids: torch.Tensor, model_kwargs: dict, gc: GenerationConfig
 ) -> Request:
     """Validate a generate() call and turn HF's prepared arguments into a Request."""
-    K, R = gc.num_beams, gc.num_return_sequences or 1
+    K = gc.num_beams
+    R = 1 if gc.num_return_sequences is None else gc.num_return_sequences
     expand = max(K, R)
     prompt = input_ids[::expand]
     mask = model_kwargs.get("attention_mask")

@@ -45,6 +45,8 @@ def evaluate_run(
 ) -> list[MethodResult]:
     """Every method (default: all that apply) at every K on the first `users` users of `split`; the table
     goes to `log`, and with `out` the report (results.json holds the run's settings under "meta")."""
+    if users is not None and (not isinstance(users, int) or users < 1):
+        raise ValueError(f"users must be an integer >= 1 (or None for all), got {users!r}.")
     ds = load_dataset(data_dir, allow_duplicate_ids=True)
     cases = eval_cases(ds, split)[:users]
     rec = load_recommender(target, data_dir, draft, device=device, dtype=getattr(torch, dtype),

@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from atspeed.decoding.speculative import DraftSchedule
+from atspeed.hf.engine import ENGINES
 from atspeed.hf.generate import TreeBeamOutput, generate_with_tree_attention
 from atspeed.hf.speculative import generate_speculative
 from atspeed.rec.data import (
@@ -273,15 +274,21 @@ def recommend(
     """The top-`k` items for each history (0-based item ids, oldest first; the last `max_history` are used).
 
     Users are decoded `batch_size` at a time (left-padded). Speculative methods need `rec.draft`
-    and use N = `draft_beams` (default 2K) draft beams and `gamma` drafted levels per round. The
-    sampling methods are seeded with `seed`, and their K draws are returned best score first.
+    and use N = max(K, `draft_beams`) draft beams (default 2K; the draft must propose at least K) and
+    `gamma` drafted levels per round. The sampling methods are seeded with `seed`, and their K draws
+    are returned best score first.
     `engine` ("auto", "static", "dynamic"; see atspeed.hf.engine) picks the tree and speculative
     methods' decoding path: "static" lets every user of a batch accept on its own, as decoded alone.
     """
     check_method(method, has_draft=rec.draft is not None)
     check_k(k, rec.num_items)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    for name, value in (("batch_size", batch_size), ("max_history", max_history), ("gamma", gamma)):
+        if not is_int(value) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    if draft_beams is not None and (not is_int(draft_beams) or draft_beams < 1):
+        raise ValueError(f"draft_beams must be an integer >= 1 (or None for 2K), got {draft_beams!r}.")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
     check_histories(histories, rec.num_items)
     histories = [recent([int(i) for i in h], max_history) for h in histories]
     out = Recommendations(items=[], scores=torch.empty(0, k))

@@ -48,6 +48,19 @@ def test_bad_histories_are_refused_with_their_row(rec, histories, message):
         recommend(rec, histories, 3)
 
 
+@pytest.mark.parametrize(("settings", "message"), [
+    (dict(max_history=0), r"max_history must be an integer >= 1, got 0"),
+    (dict(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
+    (dict(gamma=0), r"gamma must be an integer >= 1, got 0"),
+    (dict(draft_beams=0), r"draft_beams must be an integer >= 1 \(or None for 2K\), got 0"),
+    (dict(engine="bogus"), r"engine must be one of .*, got 'bogus'"),
+    (dict(method="hf", engine="bogus"), r"engine must be one of .*, got 'bogus'"),
+])
+def test_impossible_settings_are_refused(rec, settings, message):
+    with pytest.raises(ValueError, match=message):
+        recommend(rec, [[1, 2]], 3, **settings)
+
+
 def test_numpy_item_ids_are_items(rec):
     assert recommend(rec, [np.array([4, 9])], 3).items == recommend(rec, [[4, 9]], 3).items
 
