@@ -413,6 +413,15 @@ def _advance(
     return _ModelView(t_rows, bonus), _draft_view_after(d_view, tree, accepted, parent_idx, bonus)
 
 
+def drafted_nodes(
+    level_parents: torch.Tensor, level_tokens: torch.Tensor, parent_idx: torch.Tensor, tokens: torch.Tensor
+) -> torch.Tensor:
+    """Strict verification's test, shared by both engines: which drafted node of a level [B, N] (its
+    parent in the level above and its token) each new target beam [B, K] (parent, token) is. A level
+    is accepted when every beam is one: match.any(-1).all(-1); argmax(-1) is then the beam's node."""
+    return (level_parents[:, None, :] == parent_idx[:, :, None]) & (level_tokens[:, None, :] == tokens[:, :, None])
+
+
 def verify(
     state: BeamState,
     cfg: BeamConfig,
@@ -450,12 +459,9 @@ def verify(
             return state, accepted, parent_idx, True
         if j > gamma:
             break
-        # accept level j iff every new running beam is a drafted node of level j
         tokens = state.running_sequences[:, :, state.cur_len - 1]
-        match = (tree.parents[j - 1][:, None, :] == parent_idx[:, :, None]) & (
-            tree.tokens[j - 1][:, None, :] == tokens[:, :, None]
-        )  # [B, K, N]
-        if not all_drafted or not bool(match.any(-1).all()):
+        match = drafted_nodes(tree.parents[j - 1], tree.tokens[j - 1], parent_idx, tokens)
+        if not all_drafted or not bool(match.any(-1).all()):  # level j is accepted iff all new beams were drafted
             break
         accepted = j
         cur_idx = match.to(torch.int8).argmax(-1)  # [B, K] within level j

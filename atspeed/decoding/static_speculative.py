@@ -40,7 +40,7 @@ from atspeed.decoding.beam import (
     put_at,
     select_rows,
 )
-from atspeed.decoding.speculative import Hook, _null_hook
+from atspeed.decoding.speculative import Hook, _null_hook, drafted_nodes
 from atspeed.decoding.static import SlotForward, first_rows, prefill
 from atspeed.decoding.tree import additive_mask, prompt_inputs
 from atspeed.decoding.tree_search import BeamSearchResult, FiniteWatch
@@ -242,11 +242,8 @@ def verify_rows(
         parent_idx = torch.where(active[:, None], cur_idx.gather(1, beam_parents), parent_idx)
         if j > gamma:
             break
-        # accept level j iff every new running beam is a drafted node of level j
         tokens = state.running_sequences.gather(2, (state.cur_len - 1)[:, None, None].expand(B, K, 1))[..., 0]
-        match = (levels.parents[j - 1][:, None, :] == parent_idx[:, :, None]) & (
-            levels.tokens[j - 1][:, None, :] == tokens[:, :, None]
-        )  # [B, K, N]
+        match = drafted_nodes(levels.parents[j - 1], levels.tokens[j - 1], parent_idx, tokens)  # [B, K, N]
         active = active & ~rows_done(state, cfg) & match.any(-1).all(-1)
         accepted = torch.where(active, j, accepted)
         cur_idx = torch.where(active[:, None], match.to(torch.int8).argmax(-1), cur_idx)
