@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -70,16 +71,24 @@ class InputError(click.ClickException):
         super().__init__(" ".join(message.split()))
 
 
-class _Commands(click.Group):
-    """The `atspeed` group: a library error caused by the user's input becomes an InputError."""
+class _Command(click.Command):
+    """An atspeed command: a library error caused by the user's input becomes an InputError, whether
+    the command runs under `atspeed` or alone (`python -m atspeed.serve`)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as e:
-            if ctx.params.get("debug"):
+            if ctx.find_root().params.get("debug") or os.environ.get("ATSPEED_DEBUG"):
                 raise
             raise InputError(str(e)) from e
+
+
+class _Commands(click.Group):
+    """The `atspeed` group and its subgroups: their commands are _Commands."""
+
+    command_class = _Command
+    group_class = type  # subgroups are _Commands too
 
 
 @contextlib.contextmanager

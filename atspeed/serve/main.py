@@ -11,7 +11,6 @@ and the process exits 0. With `--engine ray` the same app runs on Ray Serve (`ra
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
@@ -21,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atspeed.serve.config import SERVE_ENGINES, SERVE_METHODS, ServeConfig
+from atspeed.serve.config import ServeConfig
 
 if TYPE_CHECKING:
     from atspeed.rec.recommend import Recommender
@@ -106,35 +105,9 @@ def item_keys(data_dir: str | Path) -> list | None:
     return json.loads(meta.read_text()).get("item_keys") if meta.exists() else None
 
 
-def parser() -> argparse.ArgumentParser:
-    d = ServeConfig()
-    p = argparse.ArgumentParser(prog="python -m atspeed.serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, help="dataset folder (default: the synthetic demo data)")
-    p.add_argument("--target", type=Path, help="target model folder (default: the demo target)")
-    p.add_argument("--draft", type=Path, help="draft model folder (speculative; default with the demo target)")
-    p.add_argument("--method", choices=SERVE_METHODS, default=d.method)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--host", default=d.host)
-    p.add_argument("--port", type=int, default=d.port)
-    p.add_argument("--max-batch", type=int, default=d.max_batch, help="requests decoded together, at most")
-    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait for a batch to fill")
-    p.add_argument("--max-k", type=int, default=d.max_k)
-    p.add_argument("--max-history", type=int, default=d.max_history, help="items per request, at most")
-    p.add_argument("--max-users", type=int, default=d.max_users, help="users per /recommend/batch call")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for decoding")
-    p.add_argument("--engine", choices=SERVE_ENGINES, default=d.engine, help="uvicorn here, or Ray Serve replicas")
-    p.add_argument("--replicas", type=int, default=d.replicas, help="Ray: model replicas")
-    p.add_argument("--gpus-per-replica", type=float, default=d.gpus_per_replica)
-    p.add_argument("--cpus-per-replica", type=float, default=d.cpus_per_replica)
-    p.add_argument("--ray-address", default=None, help="Ray: a running cluster (default: start a local one)")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m atspeed.serve`: a settings or loading error is one 'Error:' line and exit status 2."""
-    args = vars(parser().parse_args(argv))
-    try:
-        serve(ServeConfig(**args))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"Error: {e}", file=sys.stderr)
-        sys.exit(2)
+    """`python -m atspeed.serve`: the `atspeed serve` command itself (the CLI parses, checks and reports
+    errors as one 'Error:' line with exit status 2; this only names the program)."""
+    from atspeed.cli import serve as command
+
+    command.main(sys.argv[1:] if argv is None else list(argv), prog_name="python -m atspeed.serve")

@@ -75,7 +75,9 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(synthetic_dir, histories
 
 
 def test_a_missing_model_is_one_error_line_and_exit_2(synthetic_dir, tmp_path, capsys):
+    empty = tmp_path / "nothing"  # a folder, so the model loader (not the option parser) finds no model
+    empty.mkdir()
     with pytest.raises(SystemExit) as exit:
-        main(["--data", str(synthetic_dir), "--target", str(tmp_path / "nothing"), "--port", str(free_port())])
+        main(["--data", str(synthetic_dir), "--target", str(empty), "--port", str(free_port())])
     assert exit.value.code == 2
     assert capsys.readouterr().err.startswith("Error: No model at")
