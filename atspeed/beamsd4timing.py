@@ -10,13 +10,21 @@ each phase is bracketed by CUDA synchronisation so the times are real (`atspeed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+import torch
 
 from atspeed.beamsd import beam_search_by_SD
 from atspeed.timing import Timer  # the original package exported it from here
 
 
-def beam_search_by_SD_4timing(target_model, draft_model, inputs, **kwargs: Any) -> dict[str, Any]:
+def beam_search_by_SD_4timing(
+    target_model: torch.nn.Module,
+    draft_model: torch.nn.Module,
+    inputs: Mapping[str, torch.Tensor] | torch.Tensor,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """beam_search_by_SD plus time_cost, draft_time_cost, target_time_cost, verify_time_cost (seconds)."""
     timers = {"draft": Timer(), "target": Timer(), "verify": Timer()}
     with Timer() as total:

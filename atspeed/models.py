@@ -35,7 +35,9 @@ def _llama(size: str, layers: int, device: str | torch.device, dtype: torch.dtyp
     return model
 
 
-def bench_model(size: str = "cpu", seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
+def bench_model(
+    size: str = "cpu", seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> LlamaForCausalLM:
     """A random Llama of `size` ("cpu": 4 layers x 256, "1b": 22 x 2048), in eval mode on `device`.
 
     Random weights almost never pick EOS, so its output row is scaled up: generation then ends

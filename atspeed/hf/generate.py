@@ -232,7 +232,7 @@ def _requested_num_beams(model: torch.nn.Module, kwargs: dict) -> int:
 
 def generate_with_tree_attention(
     model: torch.nn.Module, always_beam: bool = False, engine: str = "auto", step_scores: bool = True, **kwargs: Any
-):
+) -> Any:  # HF's own return: a tensor of sequences, or a GenerateOutput (TreeBeamOutput for beam search)
     """HF generate() (the class's own, patched or not) with tree-attention beam search.
     step_scores=False: with output_scores, return only the sequences' scores (no per-step tuple)."""
     hf_only = [key for key in HF_ONLY_KWARGS if kwargs.get(key) is not None]

@@ -37,7 +37,9 @@ class SlotLayer(DynamicLayer):
         self.values = value_states.new_zeros(B, H, S, value_states.shape[-1])
         self.is_initialized = True
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # transformers 4.57 passes cache_kwargs, 5.x keyword arguments: neither is needed here
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
