@@ -79,3 +79,10 @@ def test_engine_ray_without_ray_serve_is_one_error_line(monkeypatch, capsys):
         capsys.readouterr().err == "Error: --engine ray needs Ray Serve, which is not installed: pip install "
         '"atspeed[ray]"\n'
     )
+
+
+def test_python_m_atspeed_serve_names_itself_in_its_help(capsys):
+    with pytest.raises(SystemExit) as exit:
+        serve_main.main(["--help"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.startswith("Usage: python -m atspeed.serve [OPTIONS]")
