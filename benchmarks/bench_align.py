@@ -219,13 +219,14 @@ def evaluate_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cas
     return rows
 
 
-def count_run(rec: Recommender, histories, k: int, method: str, args, folder: Path) -> dict:
+def count_run(rec: Recommender, histories, k: int, method: str, args, folder: Path,
+              cached_only: bool = False) -> dict | None:
     """One untimed run over all evaluation users: the lists, and each user's rounds and accepted
     levels as if decoded alone (strict runs on the static engine, whose users accept on their own
     whatever the batch; relaxed verification samples in lockstep within a batch, so it runs one user
     at a time). Saved in `folder` under a name made from what it depends on, so that a rerun, or a
     run of another seed that decodes the same thing (the tree path, the start draft's strict
-    runs), reads it instead of decoding again."""
+    runs), reads it instead of decoding again. `cached_only`: None instead of decoding."""
     sampled = method == VERIFICATIONS["relaxed"]
     meta = {"method": method, "k": k, "histories": sha256_json([list(h) for h in histories]),
             "target": weights_sha256(rec.target),
@@ -234,6 +235,8 @@ def count_run(rec: Recommender, histories, k: int, method: str, args, folder: Pa
     path = folder / f"k{k}-{method}-{sha256_json(meta)[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())
+    if cached_only:
+        return None
     out = recommend(rec, histories, k, method=method, batch_size=1 if sampled else args.count_batch,
                     draft_beams=meta["draft_beams"], gamma=args.gamma, seed=args.seed,
                     engine="auto" if sampled else "static")
@@ -244,11 +247,12 @@ def count_run(rec: Recommender, histories, k: int, method: str, args, folder: Pa
 
 
 def count_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases,
-              shard: tuple[int, int] = (0, 1)) -> list[dict] | None:
+              shard: tuple[int, int] = (0, 1), cached_only: bool = False) -> list[dict] | None:
     """Accepted levels per round, target calls (one per round) and quality of every run on all `cases`,
     untimed and resumable (in --count-cache); HF's lists are the tree path's here (the same lists:
     tests/test_tree_beam_search_exact.py), decoded in batches. With `shard` = (i, n), only every n-th
-    run from the i-th is counted and nothing is returned: n processes fill the cache side by side."""
+    run from the i-th is counted and nothing is returned: n processes fill the cache side by side.
+    `cached_only`: the rows of the runs already counted (a K without its tree run has none), decoding none."""
     histories = [c.history for c in cases]
     truths = [c.truth for c in cases]
     folder = args.count_cache or args.out / "eval-all"
@@ -258,13 +262,16 @@ def count_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases,
     for k, name, verification in tqdm(runs[shard[0] :: shard[1]], desc="count (all users)", unit="run"):
         with_draft = rec if name == "-" else replace(rec, draft=drafts[name].eval())
         method = "tree" if name == "-" else VERIFICATIONS[verification]
-        counted[(k, name, verification)] = count_run(with_draft, histories, k, method, args, folder)
+        counted[(k, name, verification)] = count_run(with_draft, histories, k, method, args, folder, cached_only)
     if shard[1] > 1:
         return None
     rows: list[dict] = []
     for (k, name, verification), r in counted.items():  # per K, the tree path comes first
         if name == "-":
-            ref, q_ref = r, evaluate(r["items"], truths, ks=[k])
+            ref = r
+            q_ref = None if r is None else evaluate(r["items"], truths, ks=[k])
+            continue
+        if r is None or ref is None:  # cached_only: not counted yet
             continue
         rows.append({
             "k": k, "draft": name, "verification": verification, "users": len(cases),
@@ -317,8 +324,8 @@ def acceptance_summary(rows: list[dict], drafts: list[str], ks: list[int]) -> st
     cols = [(v, k) for v in VERIFICATIONS for k in ks]
     lines = ["| draft | " + " | ".join(f"{v} K={k}" for v, k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     by = {(r["draft"], r["verification"], r["k"]): r for r in rows}
-    for d in drafts:
-        lines.append(f"| {d} | " + " | ".join(_f(by[(d, v, k)]["accepted_levels_per_round"], ".3f")
+    for d in drafts:  # a run not counted (yet) is "—"
+        lines.append(f"| {d} | " + " | ".join(_f(by.get((d, v, k), {}).get("accepted_levels_per_round"), ".3f")
                                           for v, k in cols) + " |")
     return "\n".join(lines)
 
@@ -340,6 +347,9 @@ def main() -> None:
     ap.add_argument("--count-only", action="store_true",
                     help="only the untimed runs on all M users, into the count cache, without a report (a last run "
                     "without this flag reads them)")
+    ap.add_argument("--count-progress", action="store_true",
+                    help="print the untimed runs counted so far (while --count-only processes run) and exit; "
+                    "decodes nothing")
     ap.add_argument("--count-shard", type=_shard, default=(0, 1), metavar="I/N",
                     help="with --count-only: every N-th untimed run from the I-th, so N processes share the work")
     ap.add_argument("--count-batch", type=_positive, default=16, help="users per batch of the untimed strict runs")
@@ -370,6 +380,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.count_shard != (0, 1) and not args.count_only:
         ap.error("--count-shard needs --count-only")
+    if args.count_progress and args.count_only:
+        ap.error("--count-progress reads what --count-only processes write: give one of them")
+    if args.count_progress:
+        args.count_only = True  # the same needs (trained drafts, the counts' settings) and no training
     if args.count_only:
         if args.time_users is None or args.time_users >= args.eval_users:
             ap.error("--count-only fills the counts of a run with --time-users below --eval-users; give both")
@@ -423,6 +437,13 @@ def main() -> None:
                                     args.device)
 
     cases = eval_cases(ds, "test")[: args.eval_users]
+    if args.count_progress:
+        rows_all = count_all(args, rec, drafts, cases, cached_only=True)
+        runs = len(args.ks) * (1 + 2 * len(drafts))
+        print(f"\nCounted so far on the first {len(cases)} test users: {len(rows_all)} of {runs - len(args.ks)} "
+              f"speculative runs (those of a K whose tree run is counted)\n")
+        print(acceptance_summary(rows_all, list(drafts), args.ks) + "\n\n" + count_table(rows_all))
+        return
     if args.count_only:
         count_all(args, rec, drafts, cases, args.count_shard)
         return

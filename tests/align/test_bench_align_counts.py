@@ -64,7 +64,7 @@ def test_a_strict_count_serves_every_seed_and_a_sampled_one_only_its_own(bench, 
         bench.count_run(with_draft, histories, 3, "speculative-relaxed", other_seed, tmp_path)
 
 
-def test_count_only_shards_fill_the_cache_that_the_report_then_reads(bench, tmp_path, monkeypatch):
+def test_count_only_shards_fill_the_cache_that_the_report_then_reads(bench, tmp_path, monkeypatch, capsys):
     """Two `--count-only` processes, each with its shard of the runs (side by side on a 2-core
     machine), then the run that times and reports: it decodes none of the counted runs again."""
     from click.testing import CliRunner
@@ -87,6 +87,9 @@ def test_count_only_shards_fill_the_cache_that_the_report_then_reads(bench, tmp_
         files = {p.name for p in (tmp_path / "work" / "eval-all").iterdir()}
         assert len(files) == len(counted) + 5  # half of 2 K x (the tree path + 2 drafts x 2 verifications)
         counted = files
+        progress = show_progress(bench, common, monkeypatch, capsys)  # what is counted so far, decoding nothing
+        assert {p.name for p in (tmp_path / "work" / "eval-all").iterdir()} == counted
+        assert ("— |" in progress) == (shard == "0/2") and "| start |" in progress
     assert not list((tmp_path / "work").glob("align_*"))  # no report yet
 
     decoded: list[int] = []  # users per decode of the reporting run
@@ -102,6 +105,16 @@ def test_count_only_shards_fill_the_cache_that_the_report_then_reads(bench, tmp_
         (k, d, v) for k in (1, 3) for d in ("start", "none") for v in ("strict", "relaxed")]
 
 
+def show_progress(bench, common: list, monkeypatch, capsys) -> str:
+    """bench_align --count-progress's table, with decoding forbidden."""
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(bench, "recommend", lambda *a, **k: pytest.fail("--count-progress decoded"))
+        m.setattr("sys.argv", [str(a) for a in common + ["--count-progress"]])
+        bench.main()
+    return capsys.readouterr().out.split("Counted so far")[1]
+
+
 def test_a_count_shard_outside_its_count_is_refused(bench, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["bench_align.py", "--data", "d", "--target", "t", "--draft", "d", "--out", "o",
                                      "--count-only", "--count-shard", "2/2"])
@@ -113,6 +126,7 @@ def test_a_count_shard_outside_its_count_is_refused(bench, monkeypatch, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--eval-users", "6"], "--count-only fills the counts of a run with --time-users below --eval-users"),
     (["--eval-users", "6", "--time-users", "2"], "--count-only needs every method trained first; not yet: none"),
+    (["--count-progress"], "--count-progress reads what --count-only processes write: give one of them"),
 ])
 def test_count_only_is_refused_where_it_would_be_wasted_or_race(extra, message, bench, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("sys.argv", ["bench_align.py", "--data", "d", "--target", "t", "--draft", "d", "--out",
