@@ -15,6 +15,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from atspeed.beamsd_replace import replace_beam_search_with_TreeAttn
+from atspeed.decoding.checks import check_int
 from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook
 from atspeed.hf.checks import check_inputs
 from atspeed.hf.generate import generate_with_tree_attention
@@ -27,9 +28,7 @@ def _setting(name: str, value: Any, config_value: Any, arg_name: str, owner: str
     value = config_value if value is None else value
     if value is None:
         raise ValueError(f"{arg_name} is not set: pass {arg_name}=... or set {owner}.generation_config.{name}.")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{arg_name} must be an integer >= 1, got {value!r}.")
-    return value
+    return check_int(arg_name, value)
 
 
 def _warn_config_sampling(model: torch.nn.Module, generate_kwargs: dict, role: str, exact: str) -> None:

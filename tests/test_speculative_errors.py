@@ -65,6 +65,7 @@ def test_a_schedule_alone_sets_gamma():
     (dict(gamma=-3, adaptive=True), r"gamma must be an integer >= 0, got -3"),
     (dict(gamma=2.0), r"gamma must be an integer >= 1, got 2\.0"),
     (dict(gamma=3, max_gamma=2), r"max_gamma must be an integer >= gamma \(3\), got 2"),
+    (dict(gamma=True), r"gamma must be an integer >= 1, got True"),
 ])
 def test_a_schedule_that_cannot_draft_is_refused_when_made(settings, message):
     with pytest.raises(ValueError, match=message):

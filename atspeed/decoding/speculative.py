@@ -33,14 +33,11 @@ from atspeed.decoding.beam import (
     is_done,
 )
 from atspeed.decoding.relaxed import VARIANTS, DraftLevel, accept_any, recursive, sample_level, sample_target
+from atspeed.decoding.checks import check_int
 from atspeed.decoding.tree import additive_mask, chain_parents, node_visibility, prompt_inputs
 from atspeed.decoding.tree_search import BeamSearchResult, FiniteWatch, LogitsProcessorFn, TreeForward, compact
 
 Hook = Callable[[str], object]  # returns a context manager timing the named phase
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass
@@ -64,12 +61,8 @@ class DraftSchedule:
         if self.max_gamma is None:
             self.max_gamma = self.gamma
         least = 0 if self.adaptive else 1  # an adaptive schedule may start as plain tree attention
-        if not _is_int(self.gamma) or self.gamma < least:
-            raise ValueError(f"DraftSchedule gamma must be an integer >= {least}, got {self.gamma!r}.")
-        if not _is_int(self.max_gamma) or self.max_gamma < self.gamma:
-            raise ValueError(
-                f"DraftSchedule max_gamma must be an integer >= gamma ({self.gamma}), got {self.max_gamma!r}."
-            )
+        check_int("DraftSchedule gamma", self.gamma, least)
+        check_int("DraftSchedule max_gamma", self.max_gamma, self.gamma, bound=f"gamma ({self.gamma})")
 
     def next_gamma(self, remaining: int) -> int:
         g = self.gamma

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
+from atspeed.decoding.checks import check_int
 from atspeed.hf.model import max_positions, model_device, sliding_window
 
 
@@ -19,10 +20,8 @@ def check_generation_request(
     prompt_lengths: torch.Tensor | None = None,
 ) -> None:
     """Clear errors for requests that would otherwise fail deep inside torch, or silently."""
-    if not isinstance(num_beams, int) or num_beams < 1:
-        raise ValueError(f"num_beams (beam_size) must be an integer >= 1, got {num_beams!r}.")
-    if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
-        raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}.")
+    check_int("num_beams (beam_size)", num_beams)
+    check_int("num_return_sequences", num_return_sequences)
     if num_return_sequences > num_beams:
         raise ValueError(
             f"num_return_sequences={num_return_sequences} is larger than num_beams={num_beams}: beam search "

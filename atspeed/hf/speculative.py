@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
+from atspeed.decoding.checks import check_int, is_int
 from atspeed.decoding.relaxed import VARIANTS
 from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook, speculative_beam_search
 from atspeed.decoding.static_speculative import layout, static_speculative_beam_search
@@ -34,10 +35,9 @@ def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_beams: int,
         t, d = getattr(target.config, name, None), getattr(draft.config, name, None)
         if t is not None and d is not None and t != d:
             raise ValueError(f"draft and target token maps differ: {name} is {d} in the draft, {t} in the target.")
-    if not isinstance(draft_beams, int) or draft_beams < num_beams:
+    if not is_int(draft_beams) or draft_beams < num_beams:
         raise ValueError(f"draft beams N={draft_beams} must be >= target beams K={num_beams} (N-to-K verification).")
-    if not isinstance(gamma, int) or gamma < 1:
-        raise ValueError(f"gamma (draft length) must be an integer >= 1, got {gamma!r}.")
+    check_int("gamma (draft length)", gamma)
     if draft_beams > num_beams * d_vocab:
         raise ValueError(
             f"draft beams N={draft_beams} exceed the {num_beams} x {d_vocab} continuations a level can have."

@@ -49,13 +49,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from atspeed.decoding.checks import is_int
 from atspeed.files import write_together
 from atspeed.rec.data import MAX_HISTORY, count_items, recent
 from atspeed.rec.recommend import (
     Recommender,
     check_k,
     check_method,
-    is_int,
     load_recommender,
     model_dir,
     recommend,

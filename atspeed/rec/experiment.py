@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from atspeed.decoding.checks import check_int
 from atspeed.rec.data import eval_cases, load_dataset
 from atspeed.rec.evaluate import MethodResult, evaluate_decoding
 from atspeed.rec.recommend import PRETRAINED, Recommender, load_recommender, model_dir
@@ -45,8 +46,8 @@ def evaluate_run(
 ) -> list[MethodResult]:
     """Every method (default: all that apply) at every K on the first `users` users of `split`; the table
     goes to `log`, and with `out` the report (results.json holds the run's settings under "meta")."""
-    if users is not None and (not isinstance(users, int) or users < 1):
-        raise ValueError(f"users must be an integer >= 1 (or None for all), got {users!r}.")
+    if users is not None:
+        check_int("users", users, note=" (or None for all)")
     ds = load_dataset(data_dir, allow_duplicate_ids=True)
     cases = eval_cases(ds, split)[:users]
     rec = load_recommender(target, data_dir, draft, device=device, dtype=getattr(torch, dtype),

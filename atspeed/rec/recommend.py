@@ -17,7 +17,6 @@ and every method yields the same result type (`TreeBeamOutput`: sequences, score
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from atspeed.decoding.checks import check_int, is_int
 from atspeed.decoding.speculative import DraftSchedule
 from atspeed.hf.engine import ENGINES
 from atspeed.hf.generate import TreeBeamOutput, generate_with_tree_attention
@@ -252,11 +252,6 @@ def _is_list(x: object) -> bool:
     return hasattr(x, "__len__") and hasattr(x, "__iter__") and not isinstance(x, str | bytes | Mapping)
 
 
-def is_int(x: object) -> bool:
-    """An integer (Python's or numpy's), and not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def recommend(
     rec: Recommender,
     histories: Sequence[Sequence[int]],
@@ -283,10 +278,9 @@ def recommend(
     check_method(method, has_draft=rec.draft is not None)
     check_k(k, rec.num_items)
     for name, value in (("batch_size", batch_size), ("max_history", max_history), ("gamma", gamma)):
-        if not is_int(value) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    if draft_beams is not None and (not is_int(draft_beams) or draft_beams < 1):
-        raise ValueError(f"draft_beams must be an integer >= 1 (or None for 2K), got {draft_beams!r}.")
+        check_int(name, value)
+    if draft_beams is not None:
+        check_int("draft_beams", draft_beams, note=" (or None for 2K)")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
     check_histories(histories, rec.num_items)

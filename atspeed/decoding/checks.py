@@ -1,0 +1,19 @@
+"""Checks of integer settings, shared by every entry point so that all refuse the same values with the
+same words (a bool is not an integer here, though Python says it is)."""
+
+from __future__ import annotations
+
+import numbers
+
+
+def is_int(x: object) -> bool:
+    """An integer (Python's or numpy's), and not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_int(name: str, value: object, least: int = 1, bound: str | None = None, note: str = "") -> int:
+    """`value` if it is an integer >= `least`, else a ValueError naming `name` (`bound`: how to name
+    the least value, e.g. "gamma (3)"; `note`: what else is accepted)."""
+    if not is_int(value) or value < least:
+        raise ValueError(f"{name} must be an integer >= {bound or least}{note}, got {value!r}.")
+    return value

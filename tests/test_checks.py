@@ -1,0 +1,30 @@
+"""The one integer check every entry point uses (atspeed.decoding.checks)."""
+
+import numpy as np
+import pytest
+
+from atspeed.decoding.checks import check_int, is_int
+
+
+@pytest.mark.parametrize("value", [0, 3, -2, np.int64(5)])
+def test_python_and_numpy_integers_are_integers(value):
+    assert is_int(value)
+
+
+@pytest.mark.parametrize("value", [True, False, 2.0, "2", None])
+def test_bools_floats_text_and_none_are_not(value):
+    assert not is_int(value)
+
+
+def test_check_int_returns_a_valid_value():
+    assert check_int("gamma", 3) == 3
+
+
+def test_check_int_names_the_setting_its_least_value_and_what_else_is_accepted():
+    with pytest.raises(ValueError, match=r"^users must be an integer >= 1 \(or None for all\), got 0\.$"):
+        check_int("users", 0, note=" (or None for all)")
+
+
+def test_check_int_names_a_least_value_that_comes_from_another_setting():
+    with pytest.raises(ValueError, match=r"max_gamma must be an integer >= gamma \(3\), got 2"):
+        check_int("max_gamma", 2, 3, bound="gamma (3)")
