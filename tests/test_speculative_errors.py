@@ -105,6 +105,15 @@ def test_prompt_and_new_tokens_filling_both_position_limits_exactly_are_accepted
     assert out["beam_sequences"].shape == (2, 8)
 
 
+def test_the_static_engine_refuses_drafts_deeper_than_the_position_limits():
+    """At the exact limit the last round drafts gamma levels past it: only the dynamic path, which
+    drafts no deeper than the new tokens left, runs that request; asked for, the engine says why."""
+    target, draft = model_pair(max_positions=8)
+    with pytest.raises(NotImplementedError, match=r"drafted nodes past max_new_tokens would exceed the models' "
+                                                  r"maximum positions"):
+        run_sd(target, draft, prompt(5), K=2, N=4, gamma=2, max_new_tokens=3, engine="static")
+
+
 def test_left_padding_does_not_count_against_the_position_limits():
     target, draft = model_pair(max_positions=8)
     inputs = left_pad(random_prompts([5, 2], seed=0))

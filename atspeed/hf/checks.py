@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 
 from atspeed.decoding.checks import check_int
-from atspeed.hf.model import max_positions, model_device, sliding_window
+from atspeed.hf.model import model_device, positions_exceeded, sliding_window
 
 
 def check_generation_request(
@@ -45,8 +45,8 @@ def check_generation_request(
             f".to({str(device)!r})."
         )
     longest = int(prompt_lengths.max()) if prompt_lengths is not None else input_ids.shape[1]
-    limit = max_positions(model)
-    if limit is not None and longest + max_new_tokens > limit:
+    limit = positions_exceeded(model, longest + max_new_tokens)
+    if limit is not None:
         raise ValueError(
             f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's maximum "
             f"positions ({limit})."

@@ -64,6 +64,12 @@ def max_positions(model: torch.nn.Module) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
+def positions_exceeded(model: torch.nn.Module, length: int) -> int | None:
+    """The model's maximum positions if a sequence of `length` tokens goes past them, else None."""
+    limit = max_positions(model)
+    return limit if limit is not None and length > limit else None
+
+
 def sliding_window(model: torch.nn.Module) -> int | None:
     config = model.config.get_text_config()
     window = getattr(config, "sliding_window", None)

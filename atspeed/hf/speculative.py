@@ -18,7 +18,7 @@ from atspeed.hf import compat
 from atspeed.hf.engine import CPU_SPECULATIVE_REASON, ENGINES, row_processor, static_speculative_unsupported
 from atspeed.hf.generate import TreeBeamOutput, prepare_request
 from atspeed.hf.lean import slot_lm, tree_lm
-from atspeed.hf.model import UnsupportedModelError, check_tree_support, max_positions, model_device
+from atspeed.hf.model import UnsupportedModelError, check_tree_support, model_device, positions_exceeded
 
 
 def check_draft(target: torch.nn.Module, draft: torch.nn.Module, num_beams: int, draft_beams: int, gamma: int) -> None:
@@ -90,8 +90,9 @@ def speculative_generate(
     req = prepare_request(model, input_ids, model_kwargs, gc)
     K, n = req.cfg.num_beams, req.cfg.prompt_len
     check_draft(model, draft_model, K, draft_beams, schedule.gamma if not schedule.adaptive else max(1, schedule.gamma))
-    limit = max_positions(draft_model)
-    if limit is not None and int(req.attention_mask.sum(-1).max()) + req.cfg.max_length - n > limit:
+    longest = int(req.attention_mask.sum(-1).max()) + req.cfg.max_length - n  # real prompt + new tokens
+    limit = positions_exceeded(draft_model, longest)
+    if limit is not None:
         raise ValueError(f"prompt + max_new_tokens exceeds the draft's maximum positions ({limit}).")
 
     draft_gc = copy.deepcopy(gc)
@@ -105,10 +106,8 @@ def speculative_generate(
     )
     if engine == "auto" and reason is None and model_device(model).type == "cpu":
         reason = CPU_SPECULATIVE_REASON
-    longest = int(req.attention_mask.sum(-1).max()) + req.cfg.max_length - n + schedule.gamma
-    if reason is None and any(
-        limit is not None and longest > limit for limit in map(max_positions, (model, draft_model))
-    ):
+    drafted = longest + schedule.gamma  # the deepest drafted node of the last round
+    if reason is None and any(positions_exceeded(m, drafted) is not None for m in (model, draft_model)):
         reason = "drafted nodes past max_new_tokens would exceed the models' maximum positions"
     if engine == "static" and reason is not None:
         raise NotImplementedError(f"the static engine cannot run this request: {reason}.")
