@@ -28,6 +28,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -520,6 +521,18 @@ SERVE_METHODS = _names("atspeed.serve.config", "SERVE_METHODS")
 SERVE_ENGINES = _names("atspeed.serve.config", "SERVE_ENGINES")
 
 
+def _serve_option(name: str, **kwargs: Any) -> Callable:
+    """The option of a numeric serve setting, its type, bounds and default taken from ServeConfig (a
+    light import), so that the command and Python callers refuse the same values."""
+    from atspeed.serve.config import SERVE_BOUNDS, ServeConfig
+
+    kind, least, most = SERVE_BOUNDS[name]
+    default = ServeConfig.__dataclass_fields__[name].default
+    value_type = (click.IntRange if kind is int else click.FloatRange)(least, most)
+    return click.option(f"--{name.replace('_', '-')}", type=value_type, default=default,
+                        show_default=default is not None, **kwargs)
+
+
 @main.command()
 @_data(required=False, help="dataset folder (default: the synthetic demo data, in a temporary folder)")
 @_target(required=False, help="target model folder (default: the committed demo target)")
@@ -527,22 +540,18 @@ SERVE_ENGINES = _names("atspeed.serve.config", "SERVE_ENGINES")
 @click.option("--method", type=click.Choice(SERVE_METHODS), default="tree", show_default=True)
 @DEVICE
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
-              help="requests decoded together, at most (1: no batching)")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="longest wait for a batch to fill")
-@click.option("--max-k", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--max-history", type=click.IntRange(min=1), default=200, show_default=True, help="items per request")
-@click.option("--max-users", type=click.IntRange(min=1), default=256, show_default=True,
-              help="users per /recommend/batch call")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads for decoding")
+@_serve_option("port")
+@_serve_option("max_batch", help="requests decoded together, at most (1: no batching)")
+@_serve_option("max_wait_ms", help="longest wait for a batch to fill")
+@_serve_option("max_k")
+@_serve_option("max_history", help="items per request")
+@_serve_option("max_users", help="users per /recommend/batch call")
+@_serve_option("threads", help="torch threads for decoding")
 @click.option("--engine", type=click.Choice(SERVE_ENGINES), default="local", show_default=True,
               help="uvicorn in this process, or Ray Serve: model replicas behind its HTTP proxy")
-@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Ray: model replicas, each loads the models once and batches its own requests")
-@click.option("--gpus-per-replica", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--cpus-per-replica", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@_serve_option("replicas", help="Ray: model replicas, each loads the models once and batches its own requests")
+@_serve_option("gpus_per_replica")
+@_serve_option("cpus_per_replica")
 @click.option("--ray-address", default=None, help="Ray: a running cluster (default: start a local one)")
 def serve(data_dir: Path | None, **settings: object) -> None:
     """An HTTP JSON service: top-K items per history, concurrent requests batched (POST /recommend, /docs);

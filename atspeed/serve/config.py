@@ -7,6 +7,21 @@ from pathlib import Path
 
 SERVE_METHODS = ("tree", "speculative", "hf")  # exact beam search: the same list for the same history
 SERVE_ENGINES = ("local", "ray")  # uvicorn in this process, or Ray Serve replicas
+# The numeric settings' type and bounds (least, most; None: unbounded), checked by ServeConfig.check
+# and given to the `atspeed serve` options, so that both refuse the same values.
+SERVE_BOUNDS: dict[str, tuple[type, float, float | None]] = {
+    "port": (int, 0, 65535),
+    "max_batch": (int, 1, None),
+    "max_wait_ms": (float, 0, None),
+    "max_k": (int, 1, None),
+    "max_history": (int, 1, None),
+    "max_users": (int, 1, None),
+    "max_body_bytes": (int, 1, None),
+    "threads": (int, 1, None),  # None: torch's default
+    "replicas": (int, 1, None),
+    "gpus_per_replica": (float, 0, None),
+    "cpus_per_replica": (float, 0, None),
+}
 
 
 @dataclass(frozen=True)
@@ -37,19 +52,10 @@ class ServeConfig:
         """Settings errors before anything is loaded, naming the option."""
         if self.method not in SERVE_METHODS:
             raise ValueError(f"--method must be one of {', '.join(SERVE_METHODS)}, got {self.method!r}.")
-        for name in ("max_batch", "max_k", "max_history", "max_users", "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}.")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"--port must be between 0 and 65535, got {self.port}.")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.threads}.")
         if self.engine not in SERVE_ENGINES:
             raise ValueError(f"--engine must be one of {', '.join(SERVE_ENGINES)}, got {self.engine!r}.")
-        if self.replicas < 1:
-            raise ValueError(f"--replicas must be >= 1, got {self.replicas}.")
-        for name in ("gpus_per_replica", "cpus_per_replica"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
+        for name, (_, least, most) in SERVE_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and not (least <= value and (most is None or value <= most)):
+                span = f">= {least}" if most is None else f"between {least} and {most}"
+                raise ValueError(f"--{name.replace('_', '-')} must be {span}, got {value}.")

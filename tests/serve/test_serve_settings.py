@@ -1,0 +1,34 @@
+"""The service's numeric settings are bounded in one place (atspeed.serve.config.SERVE_BOUNDS): Python
+callers of ServeConfig and the `atspeed serve` options refuse the same values."""
+
+import pytest
+from click.testing import CliRunner
+
+from atspeed.cli import main
+from atspeed.serve.config import SERVE_BOUNDS, ServeConfig
+
+OPTIONS = [name for name in SERVE_BOUNDS if name != "max_body_bytes"]  # the command's numeric options
+BELOW = [(name, least - 1) for name, (_, least, _) in SERVE_BOUNDS.items()]
+
+
+def test_the_defaults_pass():
+    ServeConfig().check()
+
+
+@pytest.mark.parametrize(("name", "value"), BELOW + [("port", 65536)], ids=str)
+def test_a_value_out_of_bounds_is_refused_naming_the_option(name, value):
+    with pytest.raises(ValueError, match=rf"^--{name.replace('_', '-')} must be (>=|between) .*got {value}\.$"):
+        ServeConfig(**{name: value}).check()
+
+
+@pytest.mark.parametrize(("name", "value"), [(n, v) for n, v in BELOW if n in OPTIONS] + [("port", 65536)], ids=str)
+def test_the_command_refuses_the_same_values(name, value):
+    result = CliRunner().invoke(main, ["serve", f"--{name.replace('_', '-')}", str(value)])
+    assert result.exit_code == 2
+    assert f"--{name.replace('_', '-')}" in result.output and "range" in result.output
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_the_command_has_the_configs_default(name):
+    (option,) = [p for p in main.commands["serve"].params if p.name == name]
+    assert option.default == ServeConfig.__dataclass_fields__[name].default
