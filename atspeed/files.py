@@ -118,11 +118,16 @@ def write_dir(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     try:
         os.chmod(tmp, 0o755)
         write(tmp)
-        old = Path(f"{tmp}.old")
-        if path.exists():
-            os.replace(path, old)  # a folder cannot be renamed over a non-empty one
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_dir(tmp, path, Path(f"{tmp}.old"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def swap_dir(new: Path, path: Path, old: Path) -> None:
+    """Put the folder `new` at `path`. A folder cannot be renamed over a non-empty one, so an older
+    folder at `path` moves to `old` first and is removed last: an interruption leaves one of them."""
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)

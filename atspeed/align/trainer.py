@@ -60,7 +60,7 @@ from atspeed.align.losses import ALIGN_LOSSES, combine, rec_loss, seqkd_loss
 from atspeed.align.rows import Rows, answer_allowed, answer_logits, encode_rows
 from atspeed.align.target_logits import TargetLogits, generate_target_logits, load_target_logits
 from atspeed.align.teacher import TeacherData, sha256_json, weights_sha256
-from atspeed.files import write_text
+from atspeed.files import swap_dir, write_text
 from atspeed.rec.data import MAX_HISTORY, RecDataset, eval_cases, train_samples
 from atspeed.rec.recommend import Recommender, build_recommender, recommend
 from atspeed.rec.tokenizer import ItemVocab
@@ -444,10 +444,7 @@ class Checkpoint:
                         "best_step": result.best_step, "best_acceptance": result.best_acceptance}
             _write_json(tmp / "progress.json", progress)
             _discard(old)
-            if self.folder.exists():
-                self.folder.rename(old)
-            tmp.rename(self.folder)
-            _discard(old)
+            swap_dir(tmp, self.folder, old)
         accelerator.wait_for_everyone()
 
     def load(self, accelerator: Accelerator, result: AlignResult) -> int:
