@@ -123,6 +123,17 @@ def row_stop_hits(cand_seqs: torch.Tensor, cur: torch.Tensor, cfg: BeamConfig) -
     return torch.isin(token, eos) | (cur + 1 >= cfg.max_length)[:, None]
 
 
+def joint_scores(beam_scores: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """The score of every beam's every next token, flat: beam_scores [B, K] + log_probs [B, K, V] -> [B, K*V]."""
+    B, K, V = log_probs.shape
+    return (beam_scores[:, :, None] + log_probs).reshape(B, K * V)
+
+
+def split_continuations(idx: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices into joint_scores' K*V -> (which beam, which token)."""
+    return idx // vocab_size, idx % vocab_size
+
+
 def top_continuations(
     acc_log_probs: torch.Tensor, k: int, do_sample: bool, sort_sampled: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,13 +173,12 @@ def beam_step(
     B, K, V = log_probs.shape
     n, cur = cfg.prompt_len, state.cur_len
     if chosen is None:
-        acc = (log_probs + state.running_scores[:, :, None]).reshape(B, K * V)  # [B, K*V]
+        acc = joint_scores(state.running_scores, log_probs)  # [B, K*V]
         cand_scores, cand_idx = top_continuations(acc, cfg.beams_to_keep, cfg.do_sample, cfg.sort_sampled)
     else:
         cand_scores, cand_idx = chosen
     C = cand_idx.shape[1]
-    cand_beam = cand_idx // V  # [B, 2K] which running beam
-    cand_token = cand_idx % V
+    cand_beam, cand_token = split_continuations(cand_idx, V)  # [B, 2K] which running beam, which token
 
     cand_seqs = gather_beams(state.running_sequences, cand_beam)  # [B, 2K, max_length]
     put_at(cand_seqs, cur, cand_token)

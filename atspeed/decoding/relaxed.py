@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from atspeed.decoding.beam import joint_scores
+
 VARIANTS = ("accept_any", "recursive")
 
 
@@ -65,8 +67,7 @@ def _sample_without(
 
 def target_distribution(log_probs: torch.Tensor, running_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(joint scores [B, K*V], p [B, K*V]) of the target's next continuations."""
-    B, K, V = log_probs.shape
-    joint = (running_scores[:, :, None] + log_probs).reshape(B, K * V)
+    joint = joint_scores(running_scores, log_probs)
     return joint, torch.softmax(joint, dim=-1)
 
 

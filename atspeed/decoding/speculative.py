@@ -31,9 +31,11 @@ from atspeed.decoding.beam import (
     gather_beams,
     init_beams,
     is_done,
+    joint_scores,
+    split_continuations,
 )
-from atspeed.decoding.relaxed import VARIANTS, DraftLevel, accept_any, recursive, sample_level, sample_target
 from atspeed.decoding.checks import check_int
+from atspeed.decoding.relaxed import VARIANTS, DraftLevel, accept_any, recursive, sample_level, sample_target
 from atspeed.decoding.tree import additive_mask, chain_parents, node_visibility, prompt_inputs
 from atspeed.decoding.tree_search import BeamSearchResult, FiniteWatch, LogitsProcessorFn, TreeForward, compact
 
@@ -195,7 +197,7 @@ def draft_tree(
     V = root_logits.shape[-1]
     seqs = state.running_sequences[:, :, : state.cur_len]  # [B, K, L]
     log_probs = target_processor(seqs.reshape(B * K, -1), torch.log_softmax(root_logits.reshape(B * K, V), -1))
-    scores = (state.running_scores[:, :, None] + log_probs.view(B, K, V)).reshape(B, K * V)
+    scores = joint_scores(state.running_scores, log_probs.view(B, K, V))
     tree = DraftTree([], [], [level0_rows])
     view_rows = level0_rows
     for level in range(1, gamma + 1):
@@ -204,7 +206,7 @@ def draft_tree(
         else:
             top, idx, q = sample_level(scores, N, replacement=sampling == "recursive")
             tree.q.append(q.view(B, -1, V))
-        parent, token = idx // V, idx % V
+        parent, token = split_continuations(idx, V)
         tree.tokens.append(token)
         tree.parents.append(parent)
         if level == gamma:
@@ -215,7 +217,7 @@ def draft_tree(
         view_rows = rows  # [B, N, S']; the level's own nodes
         tree.rows.append(rows)
         log_probs = draft_processor(seqs.reshape(B * N, -1), torch.log_softmax(logits.reshape(B * N, V), -1))
-        scores = (top[:, :, None] + log_probs.view(B, N, V)).reshape(B, N * V)
+        scores = joint_scores(top, log_probs.view(B, N, V))
     return tree
 
 

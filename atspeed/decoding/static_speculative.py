@@ -37,8 +37,10 @@ from atspeed.decoding.beam import (
     finalize,
     gather_beams,
     init_beams,
+    joint_scores,
     put_at,
     select_rows,
+    split_continuations,
 )
 from atspeed.decoding.speculative import Hook, _null_hook, drafted_nodes
 from atspeed.decoding.static import SlotForward, first_rows, prefill
@@ -144,12 +146,12 @@ def draft_levels(
     log_probs = processor(
         seqs.view(B * K, width), lengths.repeat_interleave(K), root_logits.log_softmax(-1).view(B * K, V)
     )
-    scores = (state.running_scores[:, :, None] + log_probs.view(B, K, V)).reshape(B, K * V)
+    scores = joint_scores(state.running_scores, log_probs.view(B, K, V))
     levels = DraftLevels([], [], [root_rows])
     positions = (prompt_lengths + lengths - layout.prompt_slots)[:, None].expand(B, N)  # level 1's
     for j in range(1, gamma + 1):
         top, idx = torch.topk(scores, k=N)  # [B, N]
-        parent, token = idx // V, idx % V
+        parent, token = split_continuations(idx, V)
         start = layout.level_start(r, j)
         rows = with_own_slots(levels.rows[-1], parent, start)
         levels.tokens.append(token)
@@ -165,7 +167,7 @@ def draft_levels(
         put_at(seqs, lengths + j - 1, token)
         node_lengths = (lengths + j).repeat_interleave(N)
         log_probs = processor(seqs.view(B * N, width), node_lengths, logits.log_softmax(-1).view(B * N, V))
-        scores = (top[:, :, None] + log_probs.view(B, N, V)).reshape(B, N * V)
+        scores = joint_scores(top, log_probs.view(B, N, V))
     return levels
 
 
