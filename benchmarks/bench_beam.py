@@ -74,7 +74,8 @@ def main() -> None:
         "(c) long: 32-token prompt, 256 new (cache compaction)": (
             torch.randint(3, 1024, (1, 32), generator=g), 256, False, [8]),
     }
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model: random Llama 4x256, vocab 1024, fp32, CPU")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          "model: random Llama 4x256, vocab 1024, fp32, CPU")
     for name, (prompt, new, eos, beams) in shapes.items():
         print(f"\n{name}")
         print(f"{'K':>3} {'HF ms':>9} {'tree ms':>9} {'speedup':>8} {'HF KV MB':>9} {'tree KV MB':>10} {'gen':>4} same")

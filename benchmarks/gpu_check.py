@@ -42,7 +42,9 @@ def main() -> None:
             K = [1, 3, 5, 8, 20][trial % 5]
             ref = target.generate(**inputs, max_new_tokens=6, num_beams=K, num_return_sequences=K,
                                   return_dict_in_generate=True, output_scores=True, eos_token_id=2, pad_token_id=0)
-            tree = beam_search_by_TreeAttn(target, inputs, max_new_tokens=6, beam_size=K, eos_token_id=2, pad_token_id=0)
+            tree = beam_search_by_TreeAttn(
+                target, inputs, max_new_tokens=6, beam_size=K, eos_token_id=2, pad_token_id=0
+            )
             for draft in (good, noisy):
                 sd = beam_search_by_SD(target, draft, inputs, max_new_tokens=6, gamma=3, beam_size=K,
                                        draft_beam_size=max(K, 10), eos_token_id=2, pad_token_id=0)
@@ -51,7 +53,8 @@ def main() -> None:
             if K > 1:
                 hf_total += 1
                 hf_same += torch.equal(ref.sequences, tree["beam_sequences"])
-        print(f"{dtype}: tree attention == HF in {hf_same}/{hf_total} runs; strict SD == tree attention in {agree}/{total}")
+        print(f"{dtype}: tree attention == HF in {hf_same}/{hf_total} runs; "
+              f"strict SD == tree attention in {agree}/{total}")
     print("GPU CHECK OK")
 
 

@@ -279,7 +279,9 @@ def assert_same_step_tensors(ref: Sequence[torch.Tensor] | None, out: Sequence[t
         return
     assert len(out) == len(ref), f"{name}: {len(out)} steps, HF has {len(ref)}"
     for step, (a, b) in enumerate(zip(ref, out)):
-        assert b.shape == a.shape and b.dtype == a.dtype, f"{name}[{step}]: {b.shape}/{b.dtype} vs HF {a.shape}/{a.dtype}"
+        assert b.shape == a.shape and b.dtype == a.dtype, (
+            f"{name}[{step}]: {b.shape}/{b.dtype} vs HF {a.shape}/{a.dtype}"
+        )
         assert torch.equal(a, b), f"{name}[{step}] differs from HF (max abs diff {(a - b).abs().nan_to_num().max()})"
 
 

@@ -98,7 +98,9 @@ def assert_lossless(
     speculative output."""
     R = num_return_sequences or K
     common = dict(num_return_sequences=R, **generate_kwargs)
-    processors = dict(logits_processor=copy.deepcopy(logits_processor), prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
+    processors = dict(
+        logits_processor=copy.deepcopy(logits_processor), prefix_allowed_tokens_fn=prefix_allowed_tokens_fn
+    )
     out = run_sd(target, draft, inputs, K=K, N=N, gamma=gamma, max_new_tokens=max_new_tokens, schedule=schedule,
                  engine=engine, **processors, **common)
     tree = beam_search_by_TreeAttn(
@@ -187,7 +189,8 @@ def chi_square_critical(df: int, alpha: float) -> float:
     lo, hi = 0.0, 10.0 * df + 100.0
     for _ in range(200):
         mid = (lo + hi) / 2
-        p = float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(mid / 2, dtype=torch.float64)))
+        half = torch.tensor([df / 2, mid / 2], dtype=torch.float64)
+        p = float(torch.special.gammaincc(half[0], half[1]))
         lo, hi = (mid, hi) if p > alpha else (lo, mid)
     return hi
 

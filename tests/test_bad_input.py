@@ -113,7 +113,8 @@ def test_function_api_refuses_streaming_and_assisted_generation(llama, option, b
 
 @ENTRY_POINTS
 def test_empty_prompt_is_rejected(llama, run):
-    empty = {"input_ids": torch.zeros((1, 0), dtype=torch.long), "attention_mask": torch.zeros((1, 0), dtype=torch.long)}
+    nothing = torch.zeros((1, 0), dtype=torch.long)
+    empty = {"input_ids": nothing, "attention_mask": nothing.clone()}
     with pytest.raises(ValueError, match="prompt is empty"):
         run(llama, empty, num_beams=2)
 
@@ -142,7 +143,8 @@ def test_max_new_tokens_below_one_is_rejected(llama, inputs, run, max_new_tokens
 @ENTRY_POINTS
 def test_prompt_plus_new_tokens_beyond_max_positions_is_rejected(run, inputs):
     model = make_model("llama", max_positions=32)
-    with pytest.raises(ValueError, match=r"prompt \(6 tokens\) \+ max_new_tokens \(27\) exceeds .*maximum positions \(32\)"):
+    with pytest.raises(ValueError,
+                       match=r"prompt \(6 tokens\) \+ max_new_tokens \(27\) exceeds .*maximum positions \(32\)"):
         run(model, inputs, num_beams=2, max_new_tokens=27)
 
 

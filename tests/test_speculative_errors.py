@@ -140,7 +140,8 @@ def test_missing_max_new_tokens_names_the_parameter():
 def test_missing_gamma_names_the_parameter_and_the_draft_setting():
     target, draft = map(fresh, model_pair())
     draft.generation_config.max_new_tokens = None
-    with pytest.raises(ValueError, match=r"gamma is not set: pass gamma=\.\.\. or set draft_model\.generation_config\.max_new_tokens"):
+    unset = r"gamma is not set: pass gamma=\.\.\. or set draft_model\.generation_config\.max_new_tokens"
+    with pytest.raises(ValueError, match=unset):
         beam_search_by_SD(target, draft, prompt(), max_new_tokens=4, beam_size=2, draft_beam_size=4)
 
 

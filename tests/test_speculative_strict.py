@@ -161,8 +161,8 @@ def test_several_eos_token_ids_match_hf():
 def test_length_penalty_matches_hf(length_penalty):
     target, draft = partial()
     inputs = prompts()
-    assert_lossless(target, draft, inputs, K=4, N=8, gamma=3, max_new_tokens=14, eos_token_id=eos_ids(target, inputs, 2),
-                    length_penalty=length_penalty)
+    assert_lossless(target, draft, inputs, K=4, N=8, gamma=3, max_new_tokens=14,
+                    eos_token_id=eos_ids(target, inputs, 2), length_penalty=length_penalty)
 
 
 @pytest.mark.parametrize("early_stopping", [True, False, "never"])

@@ -29,6 +29,7 @@ def test_run_prints_the_catalogue_then_one_row_per_batch_size():
 
 def test_package_code_builds_no_path_into_a_local_data_folder():
     package = Path(atspeed.__file__).parent
-    path_into_shared = re.compile(r"""(/|Path\()\s*["']\.\./shared""")  # `root / "../shared/..."`, `Path("../shared...")`
+    # `root / "../shared/..."`, `Path("../shared...")`
+    path_into_shared = re.compile(r"""(/|Path\()\s*["']\.\./shared""")
     offenders = [str(p.relative_to(package)) for p in package.rglob("*.py") if path_into_shared.search(p.read_text())]
     assert offenders == []

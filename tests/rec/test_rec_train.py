@@ -57,7 +57,8 @@ def test_recipes_match_the_tokenizer_and_the_draft_is_about_ten_times_smaller(to
     target, draft = new_model("target", tokenizer), new_model("draft", tokenizer)
     for model in (target, draft):
         assert model.config.vocab_size == len(tokenizer)
-        assert (model.config.pad_token_id, model.config.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
+        config = model.config
+        assert (config.pad_token_id, config.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
         assert model.config.max_position_embeddings >= 1 + 20 * 4 + 4 + 1
     assert 8 < target.num_parameters() / draft.num_parameters() < 16
 
