@@ -32,7 +32,7 @@ from typing import Any
 
 import click
 
-from atspeed.rec.data import EVAL_SPLITS, count_items
+from atspeed.rec.data import EVAL_SPLITS, count_ids, find_index_file, load_index
 from atspeed.rec.recipes import SIZES as RECIPES
 
 # what the library raises for bad input (files, folders, values, unsupported settings): shown as one line
@@ -388,9 +388,10 @@ def recommend(data_dir: Path, target: Path | None, draft: Path | None, history: 
     target, draft = _models(data_dir, target, draft)
     with _about("--draft"):
         check_method(method, has_draft=draft is not None)
-    num_items = count_items(data_dir, allow_duplicate_ids=True)
+    index = load_index(find_index_file(data_dir), allow_duplicate_ids=True)
+    num_items = len(index)
     with _about("-k"):
-        check_k(k, num_items)
+        check_k(k, num_items, count_ids(index))
     if input_path is None:
         _print_recommendations(data_dir, target, draft, _history(history, num_items), k, method, device)
         return

@@ -21,8 +21,8 @@ def popularity(ds: RecDataset, k: int, splits: Sequence[str] = ("train", "valid"
 
     The default splits are those before the test split: counting the test items would leak them.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}.")
+    if not 1 <= k <= ds.num_items:
+        raise ValueError(f"k must be between 1 and the number of items ({ds.num_items}), got {k}.")
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         raise ValueError(f"unknown split(s) {bad}; expected some of {list(SPLITS)}.")
@@ -43,9 +43,10 @@ def popularity_lists(
 
     By default every user gets the same list, history items included: our beam search may also
     recommend an item from the user's history, so both are scored on the same terms.
-    `exclude_history=True` drops each user's history items and fills up from further down the
-    ranking, the convention of papers that never re-recommend a bought item. On Beauty no test
-    item is in its user's history, so excluding can only help (slightly: Recall@10 0.0087 -> 0.0090).
+    `exclude_history=True` drops every item the user has in `splits` (all of it, not only the
+    recent part a case's history keeps) and fills up from further down the ranking, the convention
+    of papers that never re-recommend a bought item. On Beauty no test item is in its user's
+    history, so excluding can only help (slightly: Recall@10 0.0087 -> 0.0090).
     """
     if not exclude_history:
         top = popularity(ds, k, splits)
@@ -53,6 +54,6 @@ def popularity_lists(
     ranked = popularity(ds, ds.num_items, splits)
     lists = []
     for case in cases:
-        seen = set(case.history)
+        seen = set(case.history).union(*(getattr(ds, s).get(case.user, ()) for s in splits))
         lists.append([item for item in ranked if item not in seen][:k])
     return lists

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from atspeed.decoding.checks import is_int
 from atspeed.files import write_together
-from atspeed.rec.data import MAX_HISTORY, count_items, recent
+from atspeed.rec.data import MAX_HISTORY, count_ids, find_index_file, load_index, recent
 from atspeed.rec.recommend import (
     Recommender,
     check_k,
@@ -125,8 +125,13 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: binary data (Parquet?), not JSON Lines text; a Parquet file needs the .parquet "
                          "extension.")
     rows = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for row, line in enumerate(f):
+    with path.open("rb") as f:  # lines end at b"\n" only, as every JSON Lines tool counts them
+        for row, raw in enumerate(f):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:  # replacing the bytes could merge two users' ids
+                rows.append((row, None, None, f"malformed: not UTF-8 text ({e.reason} at byte {e.start})"))
+                continue
             if line.strip():
                 rows.append((row, *_parse_line(line)))
     return _users_frame(*(zip(*rows, strict=True) if rows else ([], [], [], [])))
@@ -188,6 +193,8 @@ def _problem(user: object, history: object, num_items: int) -> str | None:
     """Why a row cannot be decoded, or None."""
     if not (is_int(user) or isinstance(user, str)):
         return f"malformed: user must be a string or an integer, got {user!r}"
+    if is_int(user) and not -(2**63) <= user < 2**63:  # the output's user column is int64
+        return f"malformed: user {user} does not fit a 64-bit integer; give it as a string"
     if not isinstance(history, list | tuple) or not all(is_int(i) for i in history):
         return f"malformed: history must be a list of integer item ids, got {history!r}"[:200]
     if not history:
@@ -225,9 +232,9 @@ def prepare(input: str | os.PathLike, data_dir: str | os.PathLike, k: int, batch
 
 def catalogue_size(data_dir: str | os.PathLike, k: int, *, allow_duplicate_ids: bool = False) -> int:
     """The number of items in `data_dir`'s catalogue, once `k` of them can be returned per user."""
-    num_items = count_items(data_dir, allow_duplicate_ids=allow_duplicate_ids)
-    check_k(k, num_items)
-    return num_items
+    index = load_index(find_index_file(data_dir), allow_duplicate_ids=allow_duplicate_ids)
+    check_k(k, len(index), count_ids(index))
+    return len(index)
 
 
 def check_settings(method: str, target_dir: str | os.PathLike, draft_dir: str | os.PathLike | None) -> None:

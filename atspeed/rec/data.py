@@ -162,6 +162,12 @@ def count_items(root: str | os.PathLike, *, allow_duplicate_ids: bool = False) -
     return len(load_index(find_index_file(root), allow_duplicate_ids=allow_duplicate_ids))
 
 
+def count_ids(index: Mapping[int, SemanticID]) -> int:
+    """The distinct semantic IDs of a catalogue: the most items one top-K list can hold (items that
+    share an ID are one beam; see load_index's allow_duplicate_ids)."""
+    return len(set(index.values()))
+
+
 def find_index_file(root: str | os.PathLike) -> Path:
     root = Path(root)
     found = sorted(root.glob("*.index.json"))

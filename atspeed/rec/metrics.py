@@ -1,8 +1,9 @@
 """Top-K recommendation quality: Recall@K and NDCG@K with binary relevance.
 
-A user's ground truth is a set of items (all their held-out items); a ranking is the list of item
-ids the model returned, best first (None for an invalid generation, which is never a hit).
-An item counts once, at its first position, so repeats cannot push a score above 1.
+A user's ground truth is a set of items (all their held-out items; repeats in a list count once); a
+ranking is the list of item ids the model returned, best first (None for an invalid generation,
+which is never a hit). An item counts once, at its first position, so repeats cannot push a score
+above 1.
 
     Recall@K = |hits in top K| / |truth|
     NDCG@K   = DCG@K / IDCG@K,  DCG@K = sum over hit positions r (1-based) <= K of 1 / log2(r + 1),
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
+
+from atspeed.decoding.checks import check_int
 
 
 def hits(ranked: Sequence[int | None], truth: Collection[int], k: int) -> np.ndarray:
@@ -49,11 +52,11 @@ def ndcg_from_hits(hit: np.ndarray, n_truth: np.ndarray) -> np.ndarray:
 
 
 def recall_at_k(ranked: Sequence[int | None], truth: Collection[int], k: int) -> float:
-    return float(recall_from_hits(hits(ranked, truth, k)[None], np.array([len(truth)]))[0])
+    return float(recall_from_hits(hits(ranked, truth, k)[None], np.array([len(set(truth))]))[0])
 
 
 def ndcg_at_k(ranked: Sequence[int | None], truth: Collection[int], k: int) -> float:
-    return float(ndcg_from_hits(hits(ranked, truth, k)[None], np.array([len(truth)]))[0])
+    return float(ndcg_from_hits(hits(ranked, truth, k)[None], np.array([len(set(truth))]))[0])
 
 
 def evaluate(
@@ -64,9 +67,11 @@ def evaluate(
         raise ValueError(f"{len(rankings)} rankings but {len(truths)} ground-truth sets.")
     if not rankings:
         raise ValueError("No users to evaluate.")
-    ks = sorted(set(ks))
+    ks = sorted(set(check_int("K", k) for k in ks))
+    if not ks:
+        raise ValueError("ks is empty: give at least one K to evaluate at.")
     hit = np.stack([hits(r, t, ks[-1]) for r, t in zip(rankings, truths, strict=True)])  # [U, K_max]
-    n_truth = np.array([len(t) for t in truths])  # [U]
+    n_truth = np.array([len(set(t)) for t in truths])  # [U]; a repeated truth item is one item
     out = {}
     for k in ks:
         out[f"recall@{k}"] = float(recall_from_hits(hit[:, :k], n_truth).mean())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
@@ -43,6 +43,7 @@ from atspeed.rec.data import (
     MAX_HISTORY,
     SemanticID,
     check_index,
+    count_ids,
     find_index_file,
     load_index,
     recent,
@@ -73,6 +74,11 @@ class Recommender:
     @property
     def num_items(self) -> int:
         return len(self.index)
+
+    @cached_property
+    def num_ids(self) -> int:
+        """Distinct semantic IDs: the longest list of distinct items beam search can return."""
+        return count_ids(self.index)
 
 
 @dataclass
@@ -223,10 +229,14 @@ def check_method(method: str, *, has_draft: bool) -> None:
         raise ValueError(f"Method {method!r} needs a draft model: load one with the target (--draft).")
 
 
-def check_k(k: int, num_items: int) -> None:
-    """K items per user must exist in the catalogue."""
+def check_k(k: int, num_items: int, num_ids: int | None = None) -> None:
+    """K distinct items per user must exist in the catalogue: at most one per semantic ID (`num_ids`,
+    data.count_ids; default: every item has its own)."""
     if not is_int(k):
         raise ValueError(f"k must be an integer, got {k!r}.")
+    if num_ids is not None and num_ids < num_items and num_ids < k <= num_items:
+        raise ValueError(f"k must be between 1 and the number of distinct semantic IDs ({num_ids}; "
+                         f"{num_items - num_ids} of the {num_items} items share an ID with another), got {k}.")
     if not 1 <= k <= num_items:
         raise ValueError(f"k must be between 1 and the number of items ({num_items}), got {k}.")
 
@@ -276,7 +286,7 @@ def recommend(
     methods' decoding path: "static" lets every user of a batch accept on its own, as decoded alone.
     """
     check_method(method, has_draft=rec.draft is not None)
-    check_k(k, rec.num_items)
+    check_k(k, rec.num_items, rec.num_ids)
     for name, value in (("batch_size", batch_size), ("max_history", max_history), ("gamma", gamma)):
         check_int(name, value)
     if draft_beams is not None:

@@ -47,9 +47,10 @@ def test_unseen_items_fill_the_tail_in_id_order():
     assert popularity(toy(), 5) == [2, 0, 3, 1, 4]
 
 
-def test_k_below_one_is_an_error():
-    with pytest.raises(ValueError, match="k must be >= 1"):
-        popularity(toy(), 0)
+@pytest.mark.parametrize("k", [0, 6])
+def test_k_outside_the_catalogue_is_an_error(k):
+    with pytest.raises(ValueError, match=rf"k must be between 1 and the number of items \(5\), got {k}"):
+        popularity(toy(), k)
 
 
 def test_unknown_split_is_an_error():
@@ -72,6 +73,12 @@ def test_history_items_are_kept_by_default():
 def test_excluding_history_fills_up_from_further_down():
     ds = toy()
     cases = eval_cases(ds, "test")  # user 1 history (2, 3, 2, 0), user 2 history (0, 2, 3)
+    assert popularity_lists(ds, cases, 2, exclude_history=True) == [[1, 4], [1, 4]]
+
+
+def test_excluding_history_drops_items_older_than_a_cases_recent_history():
+    ds = toy()
+    cases = eval_cases(ds, "test", max_history=1)  # user 1 keeps (0,), user 2 keeps (3,)
     assert popularity_lists(ds, cases, 2, exclude_history=True) == [[1, 4], [1, 4]]
 
 

@@ -118,6 +118,24 @@ def test_integer_ids_stay_integers_next_to_a_missing_one(tmp_path, synthetic):
     assert errors["user"].tolist() == [None]
 
 
+def test_a_user_id_beyond_64_bits_is_an_error_row_not_a_crash_after_decoding(tmp_path, synthetic):
+    path = tmp_path / "in.jsonl"
+    write_jsonl(path, [{"user": 2**64, "history": [1, 2]}, {"user": 7, "history": [3]}])
+    good, errors = validate_rows(read_users(path), synthetic.num_items)
+    assert good["user"].tolist() == [7]
+    assert errors["reason"].tolist() == [f"malformed: user {2**64} does not fit a 64-bit integer; give it as a string"]
+
+
+def test_a_line_that_is_not_utf8_is_an_error_row_and_merges_no_users(tmp_path, synthetic):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"user": "caf\xe9", "history": [1]}\n{"user": "caf\xe8", "history": [2]}\n'
+                     b'{"user": "tea", "history": [3]}\n')
+    good, errors = validate_rows(read_users(path), synthetic.num_items)
+    assert good["user"].tolist() == ["tea"]
+    assert errors["row"].tolist() == [0, 1]
+    assert all(r.startswith("malformed: not UTF-8 text") for r in errors["reason"])
+
+
 def test_a_repeated_user_is_an_error_and_its_first_row_is_kept(synthetic):
     rows = pd.DataFrame({"row": [0, 1, 2], "user": ["a", "b", "a"], "history": [[1], [2], [3]], "problem": None})
     good, errors = validate_rows(rows, synthetic.num_items)

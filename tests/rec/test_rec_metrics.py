@@ -50,6 +50,20 @@ def test_a_ranking_shorter_than_k_is_fine():
     assert recall_at_k([2], {2, 3}, k=10) == 0.5
 
 
+def test_a_repeated_truth_item_counts_once():
+    assert recall_at_k([3], [3, 3], k=1) == ndcg_at_k([3], [3, 3], k=1) == 1.0
+    assert evaluate([[3, 5]], [[3, 3]], ks=(2,)) == {"recall@2": 1.0, "ndcg@2": 1.0}
+
+
+@pytest.mark.parametrize(("ks", "message"), [([-1, 4], r"K must be an integer >= 1, got -1"),
+                                             ([0], r"K must be an integer >= 1, got 0"),
+                                             ([2.0], r"K must be an integer >= 1, got 2\.0"),
+                                             ([], r"ks is empty")])
+def test_evaluate_refuses_a_k_that_is_not_a_positive_integer(ks, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate([[9, 9, 9, 1]], [{1}], ks=ks)
+
+
 def test_empty_truth_is_an_error():
     with pytest.raises(ValueError, match="ground truth is empty"):
         recall_at_k([1], set(), k=1)

@@ -186,3 +186,16 @@ def test_merging_slices_gives_the_result_of_one_call(rec):
     assert parts.items == whole.items and torch.equal(parts.scores, whole.scores)
     assert (parts.target_calls, parts.rounds, parts.accepted_levels) == (
         whole.target_calls, whole.rounds, whole.accepted_levels)
+
+
+def test_k_beyond_the_distinct_semantic_ids_is_refused_not_padded():
+    """Items that share a semantic ID are one beam: 6 items with 4 IDs hold at most 4 distinct items
+    per list (a 5th or 6th would be a repeat with a score of about -5e8)."""
+    index = {0: ("<a_0>", "<b_0>"), 1: ("<a_0>", "<b_1>"), 2: ("<a_1>", "<b_0>"), 3: ("<a_1>", "<b_1>"),
+             4: ("<a_0>", "<b_0>"), 5: ("<a_0>", "<b_1>")}
+    tokenizer = build_tokenizer(index)
+    rec = build_recommender(new_model("tiny", tokenizer), tokenizer, index)
+    assert len(recommend(rec, [[0, 1]], 4, method="tree").items[0]) == 4
+    with pytest.raises(ValueError, match=r"k must be between 1 and the number of distinct semantic IDs \(4; 2 of "
+                                         r"the 6 items share an ID with another\), got 5"):
+        recommend(rec, [[0, 1]], 5, method="tree")
