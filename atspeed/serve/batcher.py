@@ -17,6 +17,7 @@ request that arrives during a decode joins the next batch. The task knows nothin
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from atspeed.rec.recommend import Recommendations
 
 Decode = Callable[[Sequence[Sequence[int]], int], Recommendations]
+log = logging.getLogger(__name__)
 
 
 class BatcherClosed(RuntimeError):
@@ -49,7 +51,9 @@ class Answer:
 class Batcher:
     """Coalesces `submit(history, k)` calls into batched `decode` calls (see the module docstring).
 
-    `on_batch(result, batch_size, seconds)` is called after every decode (metrics).
+    `on_batch(result, batch_size, seconds)` is called after every decode that answered its requests
+    (metrics). A request whose client went away (its `submit` cancelled) leaves the queue; one that
+    is already being decoded is decoded and its row dropped.
     """
 
     def __init__(self, decode: Decode, *, max_batch: int = 32, max_wait: float = 0.005,
@@ -84,7 +88,18 @@ class Batcher:
         request = _Request(history, asyncio.get_running_loop().create_future())
         self._pending.setdefault(k, []).append(request)
         self._wake.set()
-        return await request.future
+        try:
+            return await request.future
+        except asyncio.CancelledError:  # the client went away: its request takes no place in a batch
+            queue = self._pending.get(k, [])
+            for i, queued in enumerate(queue):
+                if queued is request:
+                    del queue[i]
+                    break
+            if k in self._pending and not queue:
+                del self._pending[k]
+            self._wake.set()
+            raise
 
     async def _run(self) -> None:
         while True:
@@ -96,16 +111,20 @@ class Batcher:
                 continue
             k = min(self._pending, key=lambda key: self._pending[key][0].arrival)  # the oldest request's K
             await self._fill(k)
-            batch = self._pending[k][: self.max_batch]
-            del self._pending[k][: self.max_batch]
-            if not self._pending[k]:
+            queue = self._pending.get(k)
+            if not queue:  # every request of k was cancelled while it waited
+                continue
+            batch = queue[: self.max_batch]
+            del queue[: self.max_batch]
+            if not queue:
                 del self._pending[k]
             await self._decode(batch, k)
 
     async def _fill(self, k: int) -> None:
-        """Wait until k's queue holds a full batch or its oldest request has waited max_wait."""
+        """Wait until k's queue holds a full batch or its oldest request has waited max_wait (or the
+        queue empties: its clients went away)."""
         deadline = self._pending[k][0].arrival + self.max_wait
-        while len(self._pending[k]) < self.max_batch and not self._closed:
+        while 0 < len(self._pending.get(k, ())) < self.max_batch and not self._closed:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -120,14 +139,20 @@ class Batcher:
         start = time.perf_counter()
         try:
             result = await asyncio.to_thread(self.decode, [r.history for r in batch], k)
+            scores = result.scores.tolist()
+            if len(result.items) != len(batch) or len(scores) != len(batch):
+                raise RuntimeError(f"the decode of {len(batch)} histories returned {len(result.items)} rows")
+            answers = [Answer(items, row, len(batch)) for items, row in zip(result.items, scores, strict=True)]
         except Exception as error:  # noqa: BLE001 -- a decode failure fails its requests, never the batcher
             for r in batch:
                 if not r.future.done():
                     r.future.set_exception(error)
             return
-        scores = result.scores.tolist()
-        for row, r in enumerate(batch):
+        for r, answer in zip(batch, answers, strict=True):
             if not r.future.done():  # a client that went away cancels its future
-                r.future.set_result(Answer(result.items[row], scores[row], len(batch)))
+                r.future.set_result(answer)
         if self.on_batch is not None:
-            self.on_batch(result, len(batch), time.perf_counter() - start)
+            try:
+                self.on_batch(result, len(batch), time.perf_counter() - start)
+            except Exception:  # noqa: BLE001 -- metrics must not stop the service
+                log.exception("on_batch failed; the batcher goes on")

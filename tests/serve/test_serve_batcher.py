@@ -101,3 +101,58 @@ def test_close_decodes_what_is_queued_then_refuses_new_requests():
         return [q.result().items for q in queued]
 
     assert asyncio.run(close_with_queue()) == [[0], [1], [2]]
+
+
+class ShortDecode(FakeDecode):
+    """Returns one row fewer than it was given histories."""
+
+    def __call__(self, histories, k):
+        out = super().__call__(histories, k)
+        return Recommendations(items=out.items[:-1], scores=out.scores[:-1])
+
+
+def test_a_decode_with_too_few_rows_fails_its_requests_and_the_batcher_goes_on():
+    async def short_then_fine():
+        batcher = Batcher(ShortDecode(), max_batch=2, max_wait=0.01)
+        batcher.start()
+        with pytest.raises(RuntimeError, match="the decode of 1 histories returned 0 rows"):
+            await asyncio.wait_for(batcher.submit([1], 1), 10)
+        batcher.decode = FakeDecode()
+        answer = await asyncio.wait_for(batcher.submit([2], 1), 10)
+        await batcher.close()
+        return answer
+
+    assert asyncio.run(short_then_fine()).items == [2]
+
+
+def test_a_failing_on_batch_hook_answers_the_request_and_the_batcher_goes_on():
+    def broken_metrics(*_):
+        raise ValueError("metrics hiccup")
+
+    async def two_requests():
+        batcher = Batcher(FakeDecode(), max_batch=2, max_wait=0.01, on_batch=broken_metrics)
+        batcher.start()
+        answers = [await asyncio.wait_for(batcher.submit([i], 1), 10) for i in (1, 2)]
+        await batcher.close()
+        return [a.items for a in answers]
+
+    assert asyncio.run(two_requests()) == [[1], [2]]
+
+
+def test_a_request_whose_client_went_away_leaves_the_queue_and_is_not_decoded():
+    async def cancel_three_then_ask():
+        decode = FakeDecode()
+        batcher = Batcher(decode, max_batch=4, max_wait=0.2)
+        batcher.start()
+        gone = [asyncio.ensure_future(batcher.submit([i], 1)) for i in range(3)]
+        await asyncio.sleep(0)  # let them enqueue
+        for g in gone:
+            g.cancel()
+        await asyncio.gather(*gone, return_exceptions=True)
+        queued_after_cancel = batcher.queued
+        answer = await asyncio.wait_for(batcher.submit([7], 1), 10)
+        await batcher.close()
+        return queued_after_cancel, decode.calls, answer
+
+    queued, calls, answer = asyncio.run(cancel_three_then_ask())
+    assert queued == 0 and calls == [(1, 1)] and answer.items == [7] and answer.batch_size == 1
