@@ -7,24 +7,29 @@ in this process (`create_app`), or model replicas on Ray Serve (`atspeed.serve.r
     GET  /metrics           Prometheus text format
     GET  /docs              OpenAPI (FastAPI's own)
 
-Bad input is answered with a 4xx and `{"error": kind, "detail": what and where}`: the checks are
-`atspeed.rec.recommend`'s own (`check_k`, `check_histories`), plus the service's bounds on request
-size. The decode runs in the batcher's worker thread (in this process or in each Ray replica), never
-on the event loop.
+Every refusal, the web framework's own included (404, 405, a body over `max_body_bytes` however it
+is sent), is answered as `{"error": kind, "detail": what and where}` and counted by kind; bad input
+gets a 4xx. The checks are `atspeed.rec.recommend`'s own (`check_k`, `check_histories`), plus the
+service's bounds on request size. A bug or a failed decode is a 500 of the same shape, logged and
+counted with the other answers. The decode runs in the batcher's worker thread (in this process or
+in each Ray replica), never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atspeed.rec.recommend import Recommender, check_histories, check_k, recommend
 from atspeed.serve.batcher import Answer, Batcher, BatcherClosed
@@ -40,6 +45,11 @@ from atspeed.serve.schemas import (
 )
 
 PATHS = ("/recommend", "/recommend/batch", "/health", "/metrics")  # metric labels; anything else is "other"
+POST_PATHS = PATHS[:2]
+# the web framework's own refusals, by status: the error kind they are answered and counted as
+HTTP_KINDS = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+MAX_ERRORS_SHOWN = 5  # validation errors named in one answer (a body of a million bad items has a million)
+log = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -158,6 +168,8 @@ def build_app(decoder: Decoder, num_items: int, config: ServeConfig, item_keys: 
         """Counters and histograms in Prometheus' text format."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    # innermost of the middlewares (added first), so that its refusal reaches the route as is
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     _install_handlers(app, config, metrics)
     return app
 
@@ -213,26 +225,35 @@ def _install_handlers(app: FastAPI, config: ServeConfig, metrics: Metrics) -> No
         if bad_json:
             where, why = bad_json[0].get("loc", ("body", "?"))[-1], bad_json[0].get("ctx", {}).get("error", "")
             return refuse(400, "malformed_json", f"The body is not valid JSON: {why} at character {where}.")
-        return refuse(422, "invalid_request", "; ".join(_describe(err) for err in errors))
+        shown = "; ".join(_describe(err) for err in errors[:MAX_ERRORS_SHOWN])
+        more = f"; and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        return refuse(422, "invalid_request", shown + more)
 
-    @app.exception_handler(Exception)
-    async def internal(_: Request, e: Exception) -> JSONResponse:  # a bug or a failed decode, not bad input
-        return refuse(500, "internal", f"{type(e).__name__}: {e}")
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:  # the framework's own refusals
+        detail = (f"The body is larger than the limit of {config.max_body_bytes} bytes." if e.status_code == 413
+                  else str(e.detail))
+        return refuse(e.status_code, HTTP_KINDS.get(e.status_code, f"http_{e.status_code}"), detail, e.headers)
 
     @app.middleware("http")
     async def count(request: Request, call_next):
         request.state.start = time.perf_counter()
         path = request.url.path if request.url.path in PATHS else "other"
         refusal = _refuse_body(request, config.max_body_bytes)
-        response = refuse(*refusal) if refusal else await call_next(request)
+        try:
+            response = refuse(*refusal) if refusal else await call_next(request)
+        except Exception as e:  # noqa: BLE001 -- a bug or a failed decode, not bad input: answered and counted
+            log.exception("%s %s failed", request.method, request.url.path)
+            response = refuse(500, "internal", f"{type(e).__name__}: {e}")
         metrics.requests.labels(path, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - request.state.start)
         return response
 
 
 def _refuse_body(request: Request, max_bytes: int) -> tuple[int, str, str] | None:
-    """A POST body that is not JSON, or larger than the limit, is refused before it is read."""
-    if request.method != "POST":
+    """A body for a POST route that is not declared JSON, or declared larger than the limit, is
+    refused before it is read (a body without a Content-Length is counted as it arrives: BodyLimit)."""
+    if request.method != "POST" or request.url.path not in POST_PATHS:
         return None
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
@@ -241,6 +262,31 @@ def _refuse_body(request: Request, max_bytes: int) -> tuple[int, str, str] | Non
     if size.isdigit() and int(size) > max_bytes:
         return 413, "body_too_large", f"The body has {size} bytes; the limit is {max_bytes}."
     return None
+
+
+class BodyLimit:
+    """Counts a request's body bytes as they arrive and refuses the request past `max_bytes` (a 413
+    through the app's own handler), whether or not it declared a Content-Length: a chunked body
+    declares none. FastAPI's own max_body_size (0.164+) answers such requests in plain text, outside
+    the service's error shape, so the service counts for itself."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # FastAPI's HTTPException: its body reader passes it on as is
+                raise HTTPException(413)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def _describe(err: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ SERVE_ENGINES = ("local", "ray")  # uvicorn in this process, or Ray Serve replic
 SERVE_BOUNDS: dict[str, tuple[type, float, float | None]] = {
     "port": (int, 0, 65535),
     "max_batch": (int, 1, None),
-    "max_wait_ms": (float, 0, None),
+    "max_wait_ms": (float, 0, 60_000),  # longer, a lone request waits for company that may never come
     "max_k": (int, 1, None),
     "max_history": (int, 1, None),
     "max_users": (int, 1, None),
@@ -40,7 +41,7 @@ class ServeConfig:
     max_k: int = 100  # and at most the catalogue's size
     max_history: int = 200  # items per request (the model reads the last 20)
     max_users: int = 256  # users per /recommend/batch call
-    max_body_bytes: int = 1 << 20  # request bodies above this are refused before parsing
+    max_body_bytes: int = 1 << 20  # request bodies above this are refused (counted as they arrive)
     threads: int | None = None  # torch threads for decoding (None: torch's default; Ray: the replica's CPUs)
     engine: str = "local"
     replicas: int = 1  # Ray: model replicas, each loads the models once and batches its own requests
@@ -56,6 +57,6 @@ class ServeConfig:
             raise ValueError(f"--engine must be one of {', '.join(SERVE_ENGINES)}, got {self.engine!r}.")
         for name, (_, least, most) in SERVE_BOUNDS.items():
             value = getattr(self, name)
-            if value is not None and not (least <= value and (most is None or value <= most)):
+            if value is not None and not (least <= value and (most is None or value <= most) and math.isfinite(value)):
                 span = f">= {least}" if most is None else f"between {least} and {most}"
                 raise ValueError(f"--{name.replace('_', '-')} must be {span}, got {value}.")

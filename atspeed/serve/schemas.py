@@ -7,7 +7,7 @@ Types are strict: `"12"`, `12.0` and `true` are not items, `20.5` is not a K.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 HISTORY = "0-based item ids (as in index.json and meta.json's item_keys), oldest first; the last 20 are read"
 USER = "the caller's user id, echoed back (optional)"
@@ -20,6 +20,17 @@ class _Strict(BaseModel):
 class UserHistory(_Strict):
     user: StrictStr | StrictInt | None = Field(None, description=USER)
     history: list[StrictInt] = Field(description=HISTORY, examples=[[12, 7, 301]])
+
+    @field_validator("user")
+    @classmethod
+    def _echoable(cls, user: str | int | None) -> str | int | None:
+        """JSON's escapes can spell a lone surrogate, which no answer can echo back (UTF-8 has none)."""
+        if isinstance(user, str):
+            try:
+                user.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("the user id is not valid Unicode text (it holds a lone surrogate)") from None
+        return user
 
 
 class RecommendRequest(UserHistory):

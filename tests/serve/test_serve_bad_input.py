@@ -92,3 +92,68 @@ def test_the_service_keeps_answering_after_bad_input(rec):
     assert response.status_code == 200 and len(response.json()["items"]) == 5
     assert 'atspeed_errors_total{kind="invalid_history"} 4.0' in metrics
     assert 'status="500"' not in metrics
+
+
+def request_once(app, method: str, path: str, **kwargs) -> httpx.Response:
+    async def once():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(once())
+
+
+def test_a_lone_surrogate_in_the_user_id_is_refused_not_a_500(app):
+    response = post_once(app, "/recommend", b'{"history": [1], "k": 5, "user": "\\ud800"}')
+    assert response.status_code == 422 and response.json()["error"] == "invalid_request"
+    assert "lone surrogate" in response.json()["detail"]
+
+
+def test_a_body_sent_in_chunks_is_held_to_the_same_size_limit(app):
+    """No Content-Length to read: the bytes are counted as they arrive."""
+    async def chunks():
+        yield b'{"history": ['
+        for _ in range(8_000):  # 24 kB > the 20,000-byte limit
+            yield b"1, "
+        yield b'1], "k": 5}'
+
+    response = request_once(app, "POST", "/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"] == "body_too_large"
+    assert "20000" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("method", "path", "status", "kind"), [("GET", "/recommend", 405, "method_not_allowed"),
+                                                                ("POST", "/nowhere", 404, "not_found"),
+                                                                ("POST", "/health", 405, "method_not_allowed")])
+def test_the_frameworks_own_refusals_have_the_same_shape(app, method, path, status, kind):
+    response = request_once(app, method, path, content=b"{}", headers={"content-type": "application/json"})
+    assert response.status_code == status and response.json()["error"] == kind and response.json()["detail"]
+
+
+def test_json_nested_too_deep_to_parse_is_a_400_of_the_same_shape(app):
+    response = post_once(app, "/recommend", b"[" * 20_000)
+    assert response.status_code == 400 and response.json()["error"] == "malformed_body"
+
+
+def test_an_answer_names_a_few_validation_errors_not_every_one(app):
+    response = post_once(app, "/recommend", {"history": ["x"] * 1_000, "k": 5})
+    assert response.status_code == 422 and len(response.text) < 2_000
+    assert response.json()["detail"].endswith("; and 995 more")
+
+
+def test_a_failure_inside_the_service_is_a_500_of_the_same_shape_and_counted(rec, monkeypatch):
+    import atspeed.serve.app as app_module
+
+    async def fail_then_metrics():
+        async with served(rec, **asdict(LIMITS)) as client:
+            def broken(*args, **kwargs):
+                raise RuntimeError("decode broke")
+
+            monkeypatch.setattr(app_module, "recommend", broken)
+            failed = await post(client, "/recommend", {"history": [3, 4], "k": 5})
+            return failed, (await client.get("/metrics")).text
+
+    response, metrics = asyncio.run(fail_then_metrics())
+    assert response.status_code == 500 and response.json() == {"error": "internal",
+                                                                "detail": "RuntimeError: decode broke"}
+    assert 'atspeed_requests_total{path="/recommend",status="500"} 1.0' in metrics
+    assert 'atspeed_errors_total{kind="internal"} 1.0' in metrics

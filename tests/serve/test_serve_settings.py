@@ -32,3 +32,10 @@ def test_the_command_refuses_the_same_values(name, value):
 def test_the_command_has_the_configs_default(name):
     (option,) = [p for p in main.commands["serve"].params if p.name == name]
     assert option.default == ServeConfig.__dataclass_fields__[name].default
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 60_001.0])
+def test_a_batch_wait_without_a_sane_end_is_refused(value):
+    """An infinite wait would hold a lone request until max_batch others arrive, maybe forever."""
+    with pytest.raises(ValueError, match=r"--max-wait-ms must be between 0 and 60000"):
+        ServeConfig(max_wait_ms=value).check()
