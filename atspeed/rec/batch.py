@@ -158,7 +158,7 @@ def _parse_line(line: str) -> tuple[object, object, str | None]:
 def validate_rows(users: pd.DataFrame, num_items: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split `read_users` rows into good rows (history made 0-based) and error rows with a reason.
 
-    Users must be unique: a repeated user is an error row (its first row is kept), so every user
+    Users must be unique: a repeated user is an error row (its first valid row is kept), so every user
     appears exactly once in the output.
     """
     users = users.assign(user=pd.Series(_one_id_type(users["user"].tolist()), index=users.index, dtype=object))

@@ -5,8 +5,8 @@ user, target forwards per user, the speedup over its baseline, and how many user
 different from HF's. A method's baseline is the target's own decoding of the same kind: HF beam
 search for the beam-search methods, HF beam sampling (`hf-sample`) for relaxed speculative decoding,
 which is a sampler: set beside beam search it would look broken (a sampler's recall is lower).
-Exact methods (tree, strict speculative) must show 0 mismatches; samplers draw different lists on
-every run, so their mismatch count is None.
+Exact methods (tree, strict speculative) must show 0 mismatches; samplers draw their lists (seeded:
+a rerun draws the same), which no exact list need equal, so their mismatch count is None.
 """
 
 from __future__ import annotations
