@@ -106,3 +106,13 @@ def check_token_ids(model: torch.nn.Module, input_ids: torch.Tensor) -> None:
             f"input_ids[{row}, {col}] = {int(input_ids[row, col])} is not a token of the model's vocabulary "
             f"(ids 0 … {size - 1})."
         )
+
+
+def check_left_padded(attention_mask: torch.Tensor) -> None:
+    """Decoder-only prompts are padded on the left: a real token after padding within a row is fine,
+    padding after a real token (right padding, or a hole) would place the new tokens after the pads."""
+    if bool((attention_mask[:, :-1] > attention_mask[:, 1:]).any()):
+        raise ValueError(
+            "The attention mask has padding after a real token (right padding, or a hole): pad prompts on the "
+            "left (tokenizer.padding_side = 'left'), as HF's generate() expects for decoder-only models."
+        )

@@ -19,7 +19,7 @@ from atspeed.decoding.beam import BeamConfig
 from atspeed.decoding.static import num_slots, static_beam_search
 from atspeed.decoding.tree_search import BeamSearchResult, tree_beam_search
 from atspeed.hf import compat
-from atspeed.hf.checks import check_generation_request, check_inputs
+from atspeed.hf.checks import check_generation_request, check_inputs, check_left_padded
 from atspeed.hf.engine import ENGINES, new_tokens, static_unsupported
 from atspeed.hf.graphs import capture_unsupported, planned_beam_search
 from atspeed.hf.lean import slot_lm, tree_lm
@@ -32,7 +32,7 @@ UNSUPPORTED_GENERATE_KWARGS = {
     "negative_prompt_attention_mask": "classifier-free guidance with a negative prompt",
 }
 # generate() modes that are not beam search: HF runs them itself (and refuses them with beams).
-HF_ONLY_KWARGS = ("assistant_model", "streamer")
+HF_ONLY_KWARGS = ("assistant_model", "streamer", "penalty_alpha", "dola_layers")
 
 
 @dataclass
@@ -57,6 +57,7 @@ def prepare_request(
     prompt = input_ids[::expand]
     mask = model_kwargs.get("attention_mask")
     mask = torch.ones_like(prompt) if mask is None else mask[::expand]
+    check_left_padded(mask)
     n = prompt.shape[1]
     check_generation_request(model, prompt, K, R, gc.max_length - n, mask.sum(-1))
     eos = compat.eos_token_tensor(gc)
@@ -92,6 +93,11 @@ def tree_attention_generate(
     the decode (see atspeed.hf.engine); the default picks the static engine wherever it applies."""
     gc = generation_config
     if gc.num_beams == 1 and not always_beam:
+        if getattr(gc, "penalty_alpha", None) or getattr(gc, "dola_layers", None):  # HF's own loop here would run greedy search instead
+            raise NotImplementedError(
+                "contrastive search (penalty_alpha) and DoLa (dola_layers) are not atspeed's: call generate() "
+                "without custom_generate=tree_attention_generate (atspeed's patch hands them to HF)."
+            )
         return compat.hf_sample(
             model,
             input_ids,
@@ -101,6 +107,24 @@ def tree_attention_generate(
             synced_gpus=synced_gpus,
             **model_kwargs,
         )
+    refuse_unsupported(model, gc, model_kwargs)
+    req = prepare_request(model, input_ids, model_kwargs, gc)
+    result = run_beam_search(
+        model,
+        req,
+        logits_processor,
+        stopping_criteria,
+        output_scores=bool(gc.return_dict_in_generate and gc.output_scores and step_scores),
+        output_logits=bool(gc.return_dict_in_generate and gc.output_logits),
+        engine=engine,
+    )
+    if not gc.return_dict_in_generate:
+        return result.sequences
+    return to_generate_output(result, gc)
+
+
+def refuse_unsupported(model: torch.nn.Module, gc: GenerationConfig, model_kwargs: dict) -> None:
+    """What neither the tree path nor speculative decoding does, refused instead of ignored."""
     if getattr(gc, "num_beam_groups", 1) not in (None, 1):
         raise NotImplementedError("Diverse (group) beam search is not supported by atspeed tree attention.")
     if getattr(gc, "constraints", None) or getattr(gc, "force_words_ids", None):
@@ -116,20 +140,21 @@ def tree_attention_generate(
     extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _KNOWN_MODEL_KWARGS)
     if extra:
         raise NotImplementedError(f"tree-attention beam search does not forward extra model inputs {extra}.")
+    positions = model_kwargs.get("position_ids")
+    if positions is not None and not _mask_positions(positions, model_kwargs.get("attention_mask")):
+        raise NotImplementedError(
+            "position_ids other than the attention mask's (0, 1, ... from each prompt's first real token) are not "
+            "supported: tree attention places every node by the mask."
+        )
 
-    req = prepare_request(model, input_ids, model_kwargs, gc)
-    result = run_beam_search(
-        model,
-        req,
-        logits_processor,
-        stopping_criteria,
-        output_scores=bool(gc.return_dict_in_generate and gc.output_scores and step_scores),
-        output_logits=bool(gc.return_dict_in_generate and gc.output_logits),
-        engine=engine,
-    )
-    if not gc.return_dict_in_generate:
-        return result.sequences
-    return to_generate_output(result, gc)
+
+def _mask_positions(positions: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
+    """Whether `positions` are the ones the tree derives from the mask (HF's default), at real tokens."""
+    mask = torch.ones_like(positions) if attention_mask is None else attention_mask
+    if positions.shape != mask.shape:
+        return False
+    real = mask.bool()
+    return torch.equal(positions[real], (mask.long().cumsum(-1) - 1)[real].to(positions.dtype))
 
 
 def run_beam_search(
@@ -189,7 +214,7 @@ def graph_unsupported(
     return capture_unsupported(processors, stopping)
 
 
-_KNOWN_MODEL_KWARGS = {
+_KNOWN_MODEL_KWARGS = {  # position_ids: checked apart (refuse_unsupported)
     "attention_mask",
     "position_ids",
     "cache",

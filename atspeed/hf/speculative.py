@@ -16,7 +16,7 @@ from atspeed.decoding.speculative import DraftSchedule, Hook, _null_hook, specul
 from atspeed.decoding.static_speculative import layout, static_speculative_beam_search
 from atspeed.hf import compat
 from atspeed.hf.engine import CPU_SPECULATIVE_REASON, ENGINES, row_processor, static_speculative_unsupported
-from atspeed.hf.generate import TreeBeamOutput, prepare_request
+from atspeed.hf.generate import TreeBeamOutput, prepare_request, refuse_unsupported
 from atspeed.hf.lean import slot_lm, tree_lm
 from atspeed.hf.model import UnsupportedModelError, check_tree_support, model_device, positions_exceeded
 
@@ -66,7 +66,9 @@ def speculative_generate(
     """A `custom_generate` decoding method for the target: speculative beam search, strict (lossless)
     when do_sample=False, relaxed verification of beam sampling when do_sample=True. Strict
     verification runs on the static engine wherever it applies (see atspeed.hf.engine); the reason
-    it did not is in stats["engine"]."""
+    it did not is in stats["engine"]. Logits processors must be functions of (input_ids, scores):
+    they also run on drafted nodes, so one that counts its calls or keeps other state (HF's
+    classifier-free guidance and watermarking are refused) would see a different sequence of calls."""
     gc = generation_config
     missing = [
         name
@@ -82,7 +84,15 @@ def speculative_generate(
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
     if engine == "graph":
         raise NotImplementedError("speculative rounds are not captured as CUDA graphs yet: use engine='static'.")
-    check_tree_support(model)
+    refuse_unsupported(model, gc, model_kwargs)
+    stateful = [name for name, on in (("guidance_scale", getattr(gc, "guidance_scale", None) not in (None, 1)),
+                                      ("watermarking_config", getattr(gc, "watermarking_config", None) is not None))
+                if on]
+    if stateful:
+        raise NotImplementedError(
+            f"{stateful[0]}: its logits processor keeps state across calls, and speculative decoding also calls "
+            "the target's processors on drafted nodes; use tree attention (beam_search_by_TreeAttn) for it."
+        )
     if sampling_verification not in VARIANTS:
         raise ValueError(f"sampling_verification must be one of {VARIANTS}, got {sampling_verification!r}.")
     if gc.do_sample and sampling_verification == "recursive" and gc.num_beams != 1:
