@@ -11,6 +11,7 @@ The patch is per instance (other models are untouched) and reversible with
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
@@ -23,17 +24,27 @@ _MARK = "_atspeed_tree_attention"
 def replace_beam_search_with_TreeAttn(model: torch.nn.Module) -> torch.nn.Module:
     """Patch this model instance's generate() so that beam search uses tree attention. Returns the model."""
     check_tree_support(model)
+    signature = inspect.signature(type(model).generate)
 
     @functools.wraps(type(model).generate)
     def generate(*args, **kwargs):
-        if args:  # generate(inputs, generation_config, ...) positional form
-            names = ("inputs", "generation_config", "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn")
-            kwargs.update(zip(names, args))
+        if args:  # generate(inputs, generation_config, ...): named as the installed generate() names them
+            kwargs = _named(signature, model, args, kwargs)
         return generate_with_tree_attention(model, **kwargs)
 
     setattr(generate, _MARK, True)
     model.generate = generate
     return model
+
+
+def _named(signature: inspect.Signature, model: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+    """Every argument by name; too many positional ones, or one given twice, is Python's TypeError."""
+    bound = signature.bind_partial(model, *args, **kwargs).arguments
+    params = list(signature.parameters.values())
+    bound.pop(params[0].name)  # self
+    var_keyword = [p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+    extra = bound.pop(var_keyword[0], {}) if var_keyword else {}
+    return {**bound, **extra}
 
 
 def is_tree_attention_patched(model: torch.nn.Module) -> bool:

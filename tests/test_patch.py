@@ -112,6 +112,30 @@ def test_patched_generate_result_equals_hf(llama, inputs):
     assert_same_generate_output(ref, out, 2)
 
 
+def test_positional_arguments_mean_what_they_mean_to_hf(llama, inputs):
+    """generate(inputs, generation_config, ...) by position, named as the installed generate() names them."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=5, num_beams=K, pad_token_id=0)
+    ref = type(llama).generate(llama, inputs["input_ids"], config, attention_mask=inputs["attention_mask"])
+    out = replace_beam_search_with_TreeAttn(fresh_copy(llama)).generate(inputs["input_ids"], config,
+                                                                        attention_mask=inputs["attention_mask"])
+    assert torch.equal(out, ref)
+
+
+def test_a_sixth_positional_argument_is_not_dropped(llama, inputs):
+    """generate()'s sixth parameter is synced_gpus, which the patch refuses rather than ignores."""
+    patched = replace_beam_search_with_TreeAttn(llama)
+    with pytest.raises(NotImplementedError, match="synced_gpus"):
+        patched.generate(inputs["input_ids"], None, None, None, None, True, max_new_tokens=2, num_beams=K)
+
+
+def test_an_argument_given_by_position_and_by_name_is_a_type_error(llama, inputs):
+    patched = replace_beam_search_with_TreeAttn(llama)
+    with pytest.raises(TypeError, match="multiple values"):
+        patched.generate(inputs["input_ids"], inputs=inputs["input_ids"], num_beams=K)
+
+
 def test_num_beams_from_the_models_generation_config(llama, inputs):
     llama.generation_config.num_beams = 3
     ref = hf_generate(fresh_copy(llama), **inputs, max_new_tokens=6)
