@@ -272,3 +272,33 @@ def test_inputs_embeds_are_refused_not_ignored(llama, inputs):
     embeds = llama.get_input_embeddings()(inputs["input_ids"])
     with pytest.raises(NotImplementedError, match="inputs_embeds"):
         llama.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=4, num_beams=K)
+
+
+# ------------------------------------------------------------------ stop strings
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer():
+    """One word per token id of make_model's 64-token vocabulary (w0 … w62, and the probe word HF's
+    stop-string matching tokenizes)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(63)} | {"abcdef": 63}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=words, pad_token="w0")
+
+
+@pytest.mark.parametrize("stop", [["w5"], ["w1"], ["w7 w9"]])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_stop_strings_stop_where_hf_stops(llama, word_tokenizer, stop, num_beams):
+    ids = torch.tensor([[33, 28, 34, 3, 60, 32]])
+    settings = dict(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=num_beams, max_new_tokens=12,
+                    stop_strings=stop, tokenizer=word_tokenizer, pad_token_id=0, eos_token_id=None)
+    ref = hf_generate(llama, **settings)
+    assert torch.equal(replace_beam_search_with_TreeAttn(fresh_copy(llama)).generate(**settings), ref)
+
+
+def test_stop_strings_without_a_tokenizer_are_refused(llama, inputs):
+    with pytest.raises(ValueError, match="stop_strings needs the tokenizer"):
+        replace_beam_search_with_TreeAttn(llama).generate(**inputs, num_beams=K, max_new_tokens=4, stop_strings=["x"])

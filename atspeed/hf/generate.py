@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteriaList, StopStringCriteria
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
 
 from atspeed.decoding.beam import BeamConfig
@@ -93,7 +93,8 @@ def tree_attention_generate(
     the decode (see atspeed.hf.engine); the default picks the static engine wherever it applies."""
     gc = generation_config
     if gc.num_beams == 1 and not always_beam:
-        if getattr(gc, "penalty_alpha", None) or getattr(gc, "dola_layers", None):  # HF's own loop here would run greedy search instead
+        # contrastive search and DoLa: HF's own sampling loop here would run greedy search instead
+        if getattr(gc, "penalty_alpha", None) or getattr(gc, "dola_layers", None):
             raise NotImplementedError(
                 "contrastive search (penalty_alpha) and DoLa (dola_layers) are not atspeed's: call generate() "
                 "without custom_generate=tree_attention_generate (atspeed's patch hands them to HF)."
@@ -246,6 +247,19 @@ def to_generate_output(result: BeamSearchResult, gc: GenerationConfig) -> TreeBe
     )
 
 
+def _stop_strings_as_criterion(kwargs: dict) -> dict:
+    """generate() builds stop_strings' criterion from its `tokenizer` argument, which it does not keep
+    for a callable custom_generate (atspeed's): the criterion is built here instead, as HF builds it."""
+    kwargs = dict(kwargs)
+    tokenizer = kwargs.pop("tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("stop_strings needs the tokenizer: pass tokenizer=... to generate(), as HF asks.")
+    criteria = StoppingCriteriaList(kwargs.get("stopping_criteria") or [])
+    criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=kwargs.pop("stop_strings")))
+    kwargs["stopping_criteria"] = criteria
+    return kwargs
+
+
 def _requested_num_beams(model: torch.nn.Module, kwargs: dict) -> int:
     """num_beams as generate() will resolve it: argument, then generation_config, then the model's."""
     for source in (kwargs, kwargs.get("generation_config"), model.generation_config):
@@ -275,6 +289,8 @@ def generate_with_tree_attention(
             )
     if kwargs.get("custom_generate") is not None:
         raise ValueError("custom_generate is already set by atspeed; call the original generate() to use another.")
+    if kwargs.get("stop_strings") is not None:
+        kwargs = _stop_strings_as_criterion(kwargs)
     ids, mask = kwargs.get("input_ids", kwargs.get("inputs")), kwargs.get("attention_mask")
     if isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor):  # generate() would expand both silently
         check_inputs({"input_ids": ids, "attention_mask": mask})
