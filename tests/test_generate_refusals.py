@@ -119,3 +119,16 @@ def test_the_patch_hands_hfs_single_sequence_modes_to_hf(gpt2, settings):
 def test_custom_generate_refuses_hfs_single_sequence_modes(gpt2, settings):
     with pytest.raises(NotImplementedError, match=r"contrastive search \(penalty_alpha\) and DoLa"):
         gpt2.generate(**INPUTS, max_new_tokens=5, custom_generate=tree_attention_generate, **settings)
+
+
+@ENTRY_POINTS
+def test_a_prefilled_cache_is_refused_not_ignored(gpt2, run):
+    from transformers import DynamicCache
+
+    from atspeed.hf.compat import cache_kwarg
+
+    cache = {cache_kwarg(gpt2): DynamicCache(config=gpt2.config)}  # `cache` from transformers 5.24 on
+    with torch.no_grad():
+        gpt2(INPUTS["input_ids"][:, :4], **cache)  # the first 4 prompt tokens, already processed
+    with pytest.raises(NotImplementedError, match=r"a pre-filled (cache|past_key_values) \(4 tokens\)"):
+        run(gpt2, **cache)

@@ -141,6 +141,13 @@ def refuse_unsupported(model: torch.nn.Module, gc: GenerationConfig, model_kwarg
     extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _KNOWN_MODEL_KWARGS)
     if extra:
         raise NotImplementedError(f"tree-attention beam search does not forward extra model inputs {extra}.")
+    for name in ("cache", "past_key_values"):  # generate() hands over the empty cache it made
+        cache = model_kwargs.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
+            raise NotImplementedError(
+                f"a pre-filled {name} ({cache.get_seq_length()} tokens) is not used by tree attention, which "
+                "builds its own cache from the whole prompt: pass the full prompt without a cache."
+            )
     positions = model_kwargs.get("position_ids")
     if positions is not None and not _mask_positions(positions, model_kwargs.get("attention_mask")):
         raise NotImplementedError(
