@@ -250,11 +250,10 @@ def data_prepare(log: Path, out: Path, name: str, user_col: str, item_col: str, 
                  features: Path | None, levels: int, codes: int, seed: int) -> None:
     """Interaction log LOG (CSV or Parquet: user, item, timestamp) -> 8:1:1 global-time splits and
     semantic IDs (residual k-means) in OUT."""
-    from atspeed.rec.prepare import prepare_dataset, read_interactions
+    from atspeed.rec.prepare import prepare_dataset
 
-    frame = read_interactions(log, user_col=user_col, item_col=item_col, time_col=time_col)
-    ds = prepare_dataset(frame, out, name=name, item_features=features, levels=levels,
-                         codes_per_level=codes, seed=seed)
+    ds = prepare_dataset(log, out, name=name, item_features=features, levels=levels, codes_per_level=codes,
+                         seed=seed, user_col=user_col, item_col=item_col, time_col=time_col)  # meta.json names LOG
     click.echo(f"wrote {out}: {ds.num_items} items, {len(ds.users)} users")
 
 

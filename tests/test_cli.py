@@ -62,6 +62,17 @@ def test_data_prepare_turns_a_csv_log_into_a_dataset(tmp_path):
     assert load_dataset(tmp_path / "out").name == "shop"
 
 
+def test_data_prepare_records_the_log_and_its_own_column_names(tmp_path):
+    log = pd.DataFrame({"uid": [u for u in range(20) for _ in range(6)],
+                        "iid": [f"i{(u * 3 + j) % 15}" for u in range(20) for j in range(6)],
+                        "ts": list(range(120))})
+    log.to_csv(tmp_path / "log.csv", index=False)
+    run("data", "prepare", tmp_path / "log.csv", tmp_path / "out", "--codes", 8, "--user-col", "uid",
+        "--item-col", "iid", "--time-col", "ts")
+    meta = load_dataset(tmp_path / "out").meta
+    assert meta["source"] == str(tmp_path / "log.csv") and meta["settings"]["columns"] == ["uid", "iid", "ts"]
+
+
 def test_train_saves_a_final_model_folder(model_dir):
     assert (model_dir / "final" / "config.json").exists()
     assert (model_dir / "final" / "tokenizer.json").exists()

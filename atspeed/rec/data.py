@@ -15,12 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from atspeed.files import write_texts
+
+_TOKEN = re.compile(r"<[^<>\s]+>")  # one semantic-ID token, as the tokenizer cuts text into them
 
 SPLITS = ("train", "valid", "test")
 EVAL_SPLITS = ("test", "valid")  # the splits `eval_cases` evaluates on
@@ -74,6 +77,10 @@ class EvalCase:
 # Reading
 
 
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, in order (json.loads would keep only a repeated key's last)."""
+
+
 def load_index(path: str | os.PathLike, *, allow_duplicate_ids: bool = False) -> dict[int, SemanticID]:
     """Read `<name>.index.json`; keys must be "0" … "n-1" and every ID must have the same length.
 
@@ -83,17 +90,23 @@ def load_index(path: str | os.PathLike, *, allow_duplicate_ids: bool = False) ->
     """
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        pairs = json.loads(path.read_text(), object_pairs_hook=_Pairs)  # every key, repeats included
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
-    if not isinstance(raw, dict) or not raw:
+    if not isinstance(pairs, _Pairs) or not pairs:
         raise ValueError(f"{path}: expected a non-empty JSON object mapping item id -> list of tokens.")
     index: dict[int, SemanticID] = {}
-    for key, tokens in raw.items():
-        if not (isinstance(key, str) and key.isdigit()):
-            raise ValueError(f"{path}: item key {key!r} is not a non-negative integer string.")
+    for key, tokens in pairs:
+        if not (isinstance(key, str) and key.isdigit() and str(int(key)) == key):  # "01" would overwrite "1"
+            raise ValueError(f"{path}: item key {key!r} is not a non-negative integer written plainly (0, 1, 2 ...).")
+        if int(key) in index:
+            raise ValueError(f"{path}: item key {key!r} appears twice.")
         if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) and t for t in tokens)):
             raise ValueError(f"{path}: item {key}: expected a non-empty list of token strings, got {tokens!r}.")
+        bad = [t for t in tokens if not _TOKEN.fullmatch(t)]
+        if bad:
+            raise ValueError(f"{path}: item {key}: token {bad[0]!r} is not of the form <...> (no spaces or angle "
+                             "brackets inside), which the tokenizer's text form of a history needs.")
         index[int(key)] = tuple(tokens)
     if sorted(index) != list(range(len(index))):
         missing = sorted(set(range(len(index))) - set(index))[:5]

@@ -75,7 +75,8 @@ def read_interactions(
         raw = pd.read_parquet(path)
     else:
         try:  # keys as text: the file's own spelling is the key
-            raw = pd.read_csv(path, sep=CSV_SUFFIXES[suffix], dtype={user_col: str, item_col: str})
+            raw = pd.read_csv(path, sep=CSV_SUFFIXES[suffix], dtype={user_col: str, item_col: str},
+                              keep_default_na=False, na_values=[""])  # "NA", "null" ... are keys too
         except pd.errors.EmptyDataError:
             raise ValueError(f"{path}: the file is empty; expected a header and one row per interaction.") from None
     return check_log(raw, str(path), user_col=user_col, item_col=item_col, time_col=time_col)
@@ -110,6 +111,12 @@ def check_log(
                 f"{source}: column {c!r} has {int(null.sum())} empty value(s), the first at row {row} "
                 "(1-based, header not counted)."
             )
+    for c in (user_col, item_col):
+        text = log[c].map(lambda key: isinstance(key, str)).to_numpy(dtype=bool)
+        if text.any() and not text.all():
+            row = int(np.argmin(text) if text[0] else np.argmax(text))
+            raise ValueError(f"{source}: column {c!r} mixes text and numbers (row {row + 1}: {log[c].iloc[row]!r}): "
+                             "42 and '42' would be two keys; give every key one type.")
     out = log[cols].reset_index(drop=True)
     out.columns = list(COLUMNS)
     out["timestamp"] = _parse_times(out["timestamp"], source, time_col)
@@ -120,10 +127,15 @@ def _parse_times(times: pd.Series, source: str, col: str) -> pd.Series:
     """Numbers stay numbers; ISO 8601 strings become UTC datetimes. Both sort in time order."""
     if pd.api.types.is_datetime64_any_dtype(times):
         return pd.to_datetime(times, utc=True)
-    if pd.api.types.is_numeric_dtype(times) and not pd.api.types.is_bool_dtype(times):
-        return times
-    as_number = pd.to_numeric(times, errors="coerce")
+    if pd.api.types.is_bool_dtype(times) or any(isinstance(t, bool | np.bool_) for t in times):
+        raise ValueError(f"{source}: column {col!r} holds booleans, not times.")
+    as_number = times if pd.api.types.is_numeric_dtype(times) else pd.to_numeric(times, errors="coerce")
     if as_number.notna().all():
+        infinite = ~np.isfinite(as_number.to_numpy(dtype=float))
+        if infinite.any():
+            row = int(np.argmax(infinite))
+            raise ValueError(f"{source}: column {col!r}, row {row + 1} (1-based, header not counted): "
+                             f"{times.iloc[row]} is not a finite time.")
         return as_number
     as_date = pd.to_datetime(times, errors="coerce", utc=True, format="ISO8601")
     if as_date.notna().all():

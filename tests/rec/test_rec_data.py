@@ -186,6 +186,35 @@ def test_index_keys_must_have_no_gaps(tmp_path):
         load_dataset(write(tmp_path, index=index))
 
 
+def test_an_index_key_with_a_leading_zero_is_refused_not_merged(tmp_path):
+    root = write(tmp_path)
+    text = (root / "toy.index.json").read_text().replace('"1":', '"01":')
+    (root / "toy.index.json").write_text(text)
+    with pytest.raises(ValueError, match=r"item key '01' is not a non-negative integer written plainly"):
+        load_dataset(root)
+
+
+def test_an_index_key_written_twice_is_refused(tmp_path):
+    root = write(tmp_path)
+    (root / "toy.index.json").write_text('{"0": ["<a_0>"], "1": ["<a_1>"], "1": ["<a_2>"]}')
+    with pytest.raises(ValueError, match=r"item key '1' appears twice"):
+        load_dataset(root)
+
+
+def test_an_index_that_is_not_an_object_is_refused(tmp_path):
+    root = write(tmp_path)
+    (root / "toy.index.json").write_text('[["0", ["<a_0>"]]]')
+    with pytest.raises(ValueError, match=r"expected a non-empty JSON object"):
+        load_dataset(root)
+
+
+@pytest.mark.parametrize("token", ["a1", "<a 1>", "<a<1>>", "<>"])
+def test_a_token_the_tokenizers_text_form_cannot_hold_is_refused(tmp_path, token):
+    index = dict(INDEX, **{"3": ["<a_1>", "<b_0>", "<c_0>", token]})
+    with pytest.raises(ValueError, match=r"item 3: token .* is not of the form <\.\.\.>"):
+        load_dataset(write(tmp_path, index=index))
+
+
 def test_semantic_ids_must_have_one_length(tmp_path):
     index = dict(INDEX, **{"3": ["<a_1>", "<b_0>", "<c_0>"]})
     with pytest.raises(ValueError, match=r"item 3 has 3 tokens \['<a_1>', '<b_0>', '<c_0>'\] but the other IDs have 4"):

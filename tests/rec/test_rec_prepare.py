@@ -77,6 +77,31 @@ def test_csv_keys_keep_their_text(tmp_path):
     assert ds.meta["item_keys"] == ["007", "7"] and ds.meta["user_keys"] == ["01", "2"]
 
 
+def test_csv_keys_that_pandas_would_read_as_missing_are_keys(tmp_path):
+    (tmp_path / "log.csv").write_text("user,item,timestamp\nu1,NA,1\nu1,null,2\nu2,None,3\nu2,NA,4\n")
+    assert read_interactions(tmp_path / "log.csv")["item"].tolist() == ["NA", "null", "None", "NA"]
+
+
+def test_an_empty_csv_key_is_still_missing(tmp_path):
+    (tmp_path / "log.csv").write_text("user,item,timestamp\nu1,,1\n")
+    with pytest.raises(ValueError, match=r"column 'item' has 1 empty value"):
+        read_interactions(tmp_path / "log.csv")
+
+
+def test_a_key_column_mixing_text_and_numbers_is_refused(tmp_path):
+    log = pd.DataFrame({"user": ["u1"] * 4, "item": [42, "42", 7, 8], "timestamp": [1, 2, 3, 4]})
+    with pytest.raises(ValueError, match=r"column 'item' mixes text and numbers \(row 2: '42'\)"):
+        prepare_dataset(log, tmp_path / "out")
+
+
+@pytest.mark.parametrize(("times", "message"), [("True\nu1,i2,False", "holds booleans"),
+                                                ("inf\nu1,i2,1", r"row 1 .*: inf is not a finite time")])
+def test_boolean_or_infinite_timestamps_are_refused(tmp_path, times, message):
+    (tmp_path / "log.csv").write_text(f"user,item,timestamp\nu1,i1,{times}\n")
+    with pytest.raises(ValueError, match=message):
+        read_interactions(tmp_path / "log.csv")
+
+
 def test_users_and_items_are_numbered_by_first_appearance_in_time(tmp_path):
     log = pd.DataFrame({"user": ["b", "a", "b"], "item": ["y", "x", "x"], "timestamp": [2, 1, 3]})
     ds = prepare_dataset(log, tmp_path / "out")
