@@ -19,6 +19,7 @@ their types. Timestamps may be numbers (any unit) or ISO 8601 datetimes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Hashable, Sequence
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from atspeed.files import write_dir, write_text
+from atspeed.files import write_dir, write_texts
 from atspeed.rec.data import (
     RecDataset,
     find_index_file,
@@ -254,11 +255,13 @@ def fix_index(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     shared = sum(len(items) for items in shared_ids(index).values())
     if not shared:
         raise ValueError(f"{index_file}: every semantic ID is already unique; nothing to fix.")
-    fixed = index_json(add_disambiguation_level(index))
+    fixed = add_disambiguation_level(index)
+    note = {"by": "atspeed.rec.prepare.fix_index", "length": len(next(iter(fixed.values()))),
+            "items_that_shared_an_id": shared}
     if out_dir is None:
-        write_text(index_file, fixed)
+        write_texts(data_dir, {index_file.name: index_json(fixed), **_index_notes(data_dir, note)})
         return index_file, shared
-    return _copy_with_index(data_dir, index_file, fixed, Path(out_dir)), shared
+    return _copy_with_index(data_dir, index_file, index_json(fixed), Path(out_dir), note=note), shared
 
 
 def reindex(
@@ -295,26 +298,47 @@ def reindex(
     vectors = cooccurrence_embeddings(list(ds.train.values()), ds.num_items, dim=dim, window=window, seed=seed)
     codes = residual_kmeans_ids(vectors, levels=levels, codes_per_level=codes_per_level, seed=seed)
     new_file = index_file.name if name is None else f"{name}.index.json"
-    return _copy_with_index(data_dir, index_file, index_json(ids_to_tokens(codes)), Path(out_dir), new_file)
+    note = {"by": "atspeed.rec.prepare.reindex", "length": levels + 1, "levels": levels,
+            "codes_per_level": codes_per_level, "dim": dim, "window": window, "seed": seed,
+            "include_valid": include_valid}
+    return _copy_with_index(data_dir, index_file, index_json(ids_to_tokens(codes)), Path(out_dir), new_file, note)
 
 
 def _copy_with_index(
-    data_dir: Path, index_file: Path, index_text: str, out_dir: Path, new_file: str | None = None
+    data_dir: Path, index_file: Path, index_text: str, out_dir: Path, new_file: str | None = None,
+    note: dict | None = None,
 ) -> Path:
     """Write the new folder `out_dir`: `data_dir`'s files, its index replaced by `index_text` (in a
-    file named `new_file`, default the old name); whole or not at all."""
+    file named `new_file`, default the old name) and `note` added to its description; whole or not at all."""
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists: give a new folder for the dataset with its new index.")
     new_file = new_file or index_file.name
+    notes = _index_notes(data_dir, note) if note else {}
 
     def write(tmp: Path) -> None:
         for path in data_dir.iterdir():
-            if path.is_file() and path != index_file:
+            if path.is_file() and path != index_file and path.name not in notes:
                 shutil.copy2(path, tmp / path.name)
-        (tmp / new_file).write_text(index_text)
+        for name, text in {**notes, new_file: index_text}.items():
+            (tmp / name).write_text(text)
 
     write_dir(out_dir, write)
     return out_dir / new_file
+
+
+def _index_notes(data_dir: Path, note: dict) -> dict[str, str]:
+    """`data_dir`'s meta.json and README.txt (those it has), saying how its index was replaced: copied
+    as they were, they would describe the old index."""
+    notes = {}
+    if (data_dir / "meta.json").exists():
+        meta = json.loads((data_dir / "meta.json").read_text())
+        meta["index_history"] = [*meta.get("index_history", []), note]
+        notes["meta.json"] = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    if (data_dir / "README.txt").exists():
+        notes["README.txt"] = ((data_dir / "README.txt").read_text().rstrip("\n") + f"\nThe index was then "
+                               f"replaced by {note['by']}: item id -> {note['length']} semantic-ID tokens "
+                               "(meta.json: index_history).\n")
+    return notes
 
 
 def _check_name(name: str) -> None:

@@ -48,13 +48,16 @@ def test_out_copies_the_other_files_and_leaves_the_original_alone(tmp_path):
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     fix_index(src, tmp_path / "fixed")
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
-    assert (tmp_path / "fixed" / "README.txt").read_text() == "toy data\n"
+    assert (tmp_path / "fixed" / "README.txt").read_text() == (
+        "toy data\nThe index was then replaced by atspeed.rec.prepare.fix_index: item id -> 3 semantic-ID tokens "
+        "(meta.json: index_history).\n")
     assert load_dataset(tmp_path / "fixed").train == load_dataset(src, allow_duplicate_ids=True).train
 
 
 def test_without_out_the_index_is_fixed_in_place(tmp_path):
     fix_index(write(tmp_path / "toy"))
     assert not shared_ids(load_dataset(tmp_path / "toy").index)
+    assert "replaced by atspeed.rec.prepare.fix_index" in (tmp_path / "toy" / "README.txt").read_text()
 
 
 def test_an_index_without_shared_ids_is_refused(tmp_path):

@@ -61,6 +61,15 @@ def test_the_same_seed_gives_the_same_index(synthetic_dir, tmp_path):
     assert a.read_text() == b.read_text()
 
 
+def test_the_new_folders_description_says_how_its_index_was_made(synthetic_dir, tmp_path):
+    reindex(synthetic_dir, tmp_path / "re", levels=2, codes_per_level=64, seed=3)
+    meta = load_dataset(tmp_path / "re").meta
+    assert meta["index_history"][-1] == {"by": "atspeed.rec.prepare.reindex", "length": 3, "levels": 2,
+                                         "codes_per_level": 64, "dim": 32, "window": 3, "seed": 3,
+                                         "include_valid": False}
+    assert {k: v for k, v in meta.items() if k != "index_history"} == load_dataset(synthetic_dir).meta
+
+
 def test_a_new_name_names_the_index_file_and_the_dataset(synthetic_dir, tmp_path):
     path = reindex(synthetic_dir, tmp_path / "cf", levels=2, codes_per_level=32, name="synthetic-cf")
     assert path.name == "synthetic-cf.index.json"
