@@ -80,6 +80,10 @@ def read_interactions(
                               keep_default_na=False, na_values=[""])  # "NA", "null" ... are keys too
         except pd.errors.EmptyDataError:
             raise ValueError(f"{path}: the file is empty; expected a header and one row per interaction.") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
+        except pd.errors.ParserError as e:
+            raise ValueError(f"{path}: not a well-formed {CSV_SUFFIXES[suffix]!r}-separated table: {e}") from None
     return check_log(raw, str(path), user_col=user_col, item_col=item_col, time_col=time_col)
 
 

@@ -250,3 +250,11 @@ def test_other_column_names_are_accepted(tmp_path):
     pd.DataFrame({"u": [1], "i": [2], "t": [3.5]}).to_parquet(tmp_path / "log.parquet")
     log = read_interactions(tmp_path / "log.parquet", user_col="u", item_col="i", time_col="t")
     assert log.columns.tolist() == ["user", "item", "timestamp"] and log.iloc[0].tolist() == [1, 2, 3.5]
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"user,item,timestamp\nu1,caf\xe9,1\n", r"not UTF-8 text"),
+                                                  (b"user,item,timestamp\nu1,i1,1\nu2,i2,2,extra\n", r"not a well-formed")])
+def test_a_log_that_cannot_be_read_as_a_table_is_an_error_naming_the_file(tmp_path, content, message):
+    (tmp_path / "log.csv").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"log\.csv: {message}"):
+        read_interactions(tmp_path / "log.csv")
