@@ -252,8 +252,10 @@ def test_other_column_names_are_accepted(tmp_path):
     assert log.columns.tolist() == ["user", "item", "timestamp"] and log.iloc[0].tolist() == [1, 2, 3.5]
 
 
-@pytest.mark.parametrize(("content", "message"), [(b"user,item,timestamp\nu1,caf\xe9,1\n", r"not UTF-8 text"),
-                                                  (b"user,item,timestamp\nu1,i1,1\nu2,i2,2,extra\n", r"not a well-formed")])
+@pytest.mark.parametrize(("content", "message"), [
+    (b"user,item,timestamp\nu1,caf\xe9,1\n", r"not UTF-8 text"),
+    (b"user,item,timestamp\nu1,i1,1\nu2,i2,2,extra\n", r"not a well-formed"),
+])
 def test_a_log_that_cannot_be_read_as_a_table_is_an_error_naming_the_file(tmp_path, content, message):
     (tmp_path / "log.csv").write_bytes(content)
     with pytest.raises(ValueError, match=rf"log\.csv: {message}"):
