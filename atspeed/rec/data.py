@@ -154,9 +154,10 @@ def load_split(path: str | os.PathLike, num_items: int) -> Sequences:
             fields = line.split()
             if not fields:
                 continue  # blank line (e.g. a trailing newline): no user
-            if not all(x.isdigit() for x in fields):
-                bad = next(x for x in fields if not x.isdigit())
-                raise ValueError(f"{path}, line {lineno}: {bad!r} is not a positive integer (`USER ITEM ITEM ...`).")
+            bad = [x for x in fields if not (x.isascii() and x.isdigit() and int(x) > 0)]  # "²" is a digit too
+            if bad:
+                raise ValueError(f"{path}, line {lineno}: {bad[0]!r} is not a positive integer (`USER ITEM ITEM ...`, "
+                                 "users and items counted from 1).")
             user, items = int(fields[0]), [int(x) for x in fields[1:]]
             if user in seqs:
                 raise ValueError(f"{path}, line {lineno}: user {user} already has a line in this file.")

@@ -156,9 +156,15 @@ def test_item_missing_from_index_error_names_file_and_line(tmp_path):
         load_dataset(write(tmp_path, train="1 1\n2 4\n3 5\n"))
 
 
-def test_item_zero_is_not_an_item_in_one_based_files(tmp_path):
-    with pytest.raises(ValueError, match=r"sequential_test\.txt, line 1: item 0"):
-        load_dataset(write(tmp_path, test="1 0\n"))
+@pytest.mark.parametrize("line", ["1 0", "0 1"])
+def test_item_or_user_zero_is_refused_in_one_based_files(tmp_path, line):
+    with pytest.raises(ValueError, match=r"sequential_test\.txt, line 1: '0' is not a positive integer"):
+        load_dataset(write(tmp_path, test=f"{line}\n"))
+
+
+def test_a_digit_that_is_not_a_decimal_is_a_malformed_line(tmp_path):
+    with pytest.raises(ValueError, match=r"sequential_test\.txt, line 1: '²' is not a positive integer"):
+        load_dataset(write(tmp_path, test="1 ²\n"))
 
 
 def test_duplicate_user_line_is_an_error(tmp_path):
