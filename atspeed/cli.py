@@ -301,9 +301,9 @@ def data_reindex(data_dir: Path, out: Path, levels: int, codes: int, seed: int, 
 @click.argument("out", type=NEW_FOLDER)
 @click.option("--kind", type=click.Choice(RECIPES), default="target", show_default=True,
               help="model recipe (atspeed.rec.recipes)")
-@click.option("--epochs", default=10.0, show_default=True)
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
 @click.option("--max-steps", default=-1, show_default=True, help="> 0 overrides --epochs")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--save-steps", type=click.IntRange(min=1), default=500, show_default=True,
@@ -346,7 +346,7 @@ def train(data_dir: Path, out: Path, kind: str, allow_duplicate_ids: bool, inclu
 @click.option("--methods", default=None, callback=_subset(METHODS),
               help=f"subset of {', '.join(METHODS)} (default: all that apply)")
 @click.option("--users", type=click.IntRange(min=1), default=None, help="evaluate the first N test users only")
-@click.option("--batch-size", default=1, show_default=True, help="users decoded together")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="users decoded together")
 @click.option("--draft-beams", type=click.IntRange(min=1), default=None, help="draft beams N (default 2K; at least K)")
 @click.option("--gamma", default=3, show_default=True, help="levels drafted per round")
 @DEVICE
@@ -371,7 +371,8 @@ def evaluate(data_dir: Path, target: Path | None, draft: Path | None, ks: list[i
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--method", type=click.Choice(METHODS), default="tree", show_default=True)
 @DEVICE
-@click.option("--batch-size", default=16, show_default=True, help="batch job: users decoded together")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="batch job: users decoded together")
 @RAY
 @click.option("--overwrite", is_flag=True, help="batch job: replace an existing output (atomically)")
 def recommend(data_dir: Path, target: Path | None, draft: Path | None, history: str | None, input_path: Path | None,
@@ -382,6 +383,8 @@ def recommend(data_dir: Path, target: Path | None, draft: Path | None, history: 
         raise click.UsageError("give exactly one of --history (one user) or --input (a batch job).")
     if input_path is not None and output is None:
         raise click.UsageError("--input needs --output (a .parquet file).")
+    if input_path is None and engine != "local":
+        raise click.UsageError(f"--engine {engine} runs batch jobs (--input); one --history is decoded here.")
     from atspeed.rec.recommend import check_k, check_method
 
     target, draft = _models(data_dir, target, draft)
@@ -440,7 +443,7 @@ def _print_recommendations(data_dir: Path, target: Path, draft: Path | None, ite
 @_target()
 @click.option("--out", type=NEW_FOLDER, required=True, help="cache folder (resumed if unfinished)")
 @click.option("-k", "--top-k", "k", default=20, show_default=True, help="target beams kept per prompt")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--chunk-size", default=1024, show_default=True,
               help="prompts per resumable chunk (Ray: one actor pool per chunk, so make it large)")
 @DEVICE
@@ -489,9 +492,9 @@ def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, ch
               help="compare distributions over the tokens a valid item may take")
 @click.option("--teacher-beams", default=20, show_default=True, help="target beams trained on per prompt")
 @click.option("--on-policy", is_flag=True, help="also align on the draft's own beams")
-@click.option("--epochs", default=1, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--max-steps", type=int, default=None)
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--eval-every", default=500, show_default=True, help="steps between acceptance checks")
@@ -574,7 +577,7 @@ def serve(data_dir: Path | None, **settings: object) -> None:
               help="work folder: data, trained models, results.{json,csv,png}")
 @click.option("--users", type=click.IntRange(min=1), default=100, show_default=True, help="test users to evaluate")
 @KS
-@click.option("--epochs", type=float, default=1.0, show_default=True,
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="training epochs when models are trained (with --data, or with --train-steps)")
 @click.option("--train-steps", type=int, default=None,
               help="train target and draft for this many steps instead of using committed weights")
@@ -603,7 +606,7 @@ def bench() -> None:
 @click.option("--gamma", default=3, show_default=True, help="draft length")
 @click.option("--new-tokens", default=4, show_default=True, help="tokens to generate (an item ID is 4)")
 @click.option("--prompt-len", default=84, show_default=True)
-@click.option("--repeats", default=5, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 def bench_decode(**settings: int) -> None:
     """HF beam search vs tree attention vs strict speculative beam search on a built-in random model pair
     (no downloads): same outputs, and how long each took."""
@@ -617,7 +620,7 @@ def bench_decode(**settings: int) -> None:
 @click.option("--batches", default="1,4,16", show_default=True, callback=_positive_ints("batch size"),
               help="requests B per step")
 @click.option("--beams", "-k", default=20, show_default=True, help="beams K per request")
-@click.option("--repeats", default=20, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True)
 @DEVICE
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads")
 def bench_trie(data_dir: Path | None, batches: list[int], beams: int, repeats: int, device: str,
@@ -638,7 +641,7 @@ def bench_trie(data_dir: Path | None, batches: list[int], beams: int, repeats: i
 @click.option("--beams", "-k", default="1,20,128,256", show_default=True, callback=_positive_ints("K"),
               help="beam sizes K")
 @click.option("--methods", default=",".join(ENGINE_METHODS), show_default=True, callback=_subset(ALL_ENGINE_METHODS))
-@click.option("--repeats", default=3, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--hf-max-rows", default=4096, show_default=True, help="skip HF above B*K beam rows")
 @click.option("--noise", default=0.02, show_default=True, help="the noisy draft's disagreement")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -119,6 +119,8 @@ CASES = [
     ("history-unknown-item", (*REC, "--history", "3 999"), r"--history: items \[999\] are not in the catalogue"),
     ("neither-history-nor-input", REC, r"give exactly one of --history \(one user\) or --input"),
     ("input-without-output", (*REC, "--input", "{users}"), r"--input needs --output"),
+    ("ray-for-one-history", (*REC, "--history", "3", "--engine", "ray"),
+     r"--engine ray runs batch jobs \(--input\); one --history is decoded here"),
     # recommend: model folders
     ("target-missing", one_user(target="nowhere"), r"'--target': Directory 'nowhere' does not exist"),
     ("no-config", one_user(target="{no-config}"), r"No model at .*no-config: expected a folder with config.json"),
@@ -167,6 +169,9 @@ CASES = [
     ("train-include-valid-with-validation", ("train", "{data}", "out", "--include-valid"),
      r"include_valid trains on the validation items.*--eval-users 0"),
     ("train-dropout-one", ("train", "{data}", "out", "--dropout", "1"), r"'--dropout': 1.0 is not in the range"),
+    ("train-epochs-zero", ("train", "{data}", "out", "--epochs", "0"), r"'--epochs': 0.0 is not in the range x>0"),
+    ("train-batch-size-zero", ("train", "{data}", "out", "--batch-size", "0"),
+     r"'--batch-size': 0 is not in the range x>=1"),
     ("evaluate-broken-draft", ("evaluate", "--data", "{data}", "--target", "{target}", "--draft", "{half-weights}",
                                "--out", "results"), r"half-weights/model.safetensors: not a complete safetensors"),
     ("evaluate-bad-ks", ("evaluate", "--data", "{data}", "--target", "{target}", "--ks", "0"),
@@ -175,6 +180,9 @@ CASES = [
      r"'--users': -5 is not in the range x>=1"),
     ("evaluate-zero-draft-beams", ("evaluate", "--data", "{data}", "--target", "{target}", "--draft-beams", "0"),
      r"'--draft-beams': 0 is not in the range x>=1"),
+    ("evaluate-zero-batch-size", ("evaluate", "--data", "{data}", "--target", "{target}", "--batch-size", "0"),
+     r"'--batch-size': 0 is not in the range x>=1"),
+    ("bench-zero-repeats", ("bench", "decode", "--repeats", "0"), r"'--repeats': 0 is not in the range x>=1"),
     ("teacher-ray-not-installed", ("teacher", "--data", "{data}", "--target", "{target}", "--out", "teacher",
                                    "--engine", "ray"), r"--engine ray needs Ray.*pip install \"atspeed\[ray\]\""),
 ]
@@ -245,3 +253,8 @@ def test_bench_engine_on_a_missing_cuda_device_is_one_error_line(tmp_path):
     result = atspeed("bench", "engine", "--device", "cuda", "--batches", "1", "--beams", "2", cwd=tmp_path)
     assert result.exit_code == 2, result.output
     assert len(result.error_lines) == 1 and "no CUDA device" in result.error_lines[0], result.output
+
+
+def test_the_readme_counts_these_cases():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert re.search(r"test_cli_errors\.py` runs (\d+) such cases", readme).group(1) == str(len(CASES))
