@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -160,6 +161,22 @@ FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 NEW_FOLDER = click.Path(file_okay=False, path_type=Path)
 
 
+class _FinitePositive(click.FloatRange):
+    """A number > 0 that is finite: click's FloatRange lets nan and inf through."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number.", param, ctx)
+        return number
+
+
+FINITE_POSITIVE = _FinitePositive()
+
+
 def _data(required: bool = True, help: str = "dataset folder (<name>.index.json + sequential_*.txt)"):
     return click.option("--data", "data_dir", type=FOLDER, required=required, help=help)
 
@@ -193,9 +210,10 @@ def _models(data_dir: Path, target: Path | None, draft: Path | None) -> tuple[Pa
 RAY = _options(
     click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
                  help="decode in this process, or on Ray Data (a pool of actors)"),
-    click.option("--actors", default=1, show_default=True, help="Ray: actors, each loads the models once"),
-    click.option("--gpus-per-actor", default=0.0, show_default=True),
-    click.option("--cpus-per-actor", default=1.0, show_default=True),
+    click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Ray: actors, each loads the models once"),
+    click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True),
+    click.option("--cpus-per-actor", type=click.FloatRange(min=0), default=1.0, show_default=True),
     click.option("--ray-address", default=None, help="Ray: a running cluster (default: start a local one)"),
 )
 
@@ -215,6 +233,13 @@ def main(debug: bool) -> None:
 # ------------------------------------------------------------------------------------------------
 # data
 
+SEMANTIC_ID_SETTINGS = _options(
+    click.option("--levels", type=click.IntRange(min=1), default=3, show_default=True,
+                 help="residual k-means levels (+1 disambiguation level)"),
+    click.option("--codes", type=click.IntRange(min=1), default=256, show_default=True, help="codes per level"),
+    click.option("--seed", default=0, show_default=True),
+)
+
 
 @main.group()
 def data() -> None:
@@ -223,8 +248,8 @@ def data() -> None:
 
 @data.command("synthetic")
 @click.argument("out", type=NEW_FOLDER)
-@click.option("--items", default=512, show_default=True)
-@click.option("--users", default=1000, show_default=True)
+@click.option("--items", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 def data_synthetic(out: Path, items: int, users: int, seed: int) -> None:
     """Write the seeded SYNTHETIC dataset (clustered users over hierarchical items) to OUT."""
@@ -243,9 +268,7 @@ def data_synthetic(out: Path, items: int, users: int, seed: int) -> None:
 @click.option("--time-col", default="timestamp", show_default=True)
 @click.option("--features", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="item feature vectors (.npy) to cluster instead of co-occurrence embeddings")
-@click.option("--levels", default=3, show_default=True, help="residual k-means levels (+1 disambiguation level)")
-@click.option("--codes", default=256, show_default=True, help="codes per level")
-@click.option("--seed", default=0, show_default=True)
+@SEMANTIC_ID_SETTINGS
 def data_prepare(log: Path, out: Path, name: str, user_col: str, item_col: str, time_col: str,
                  features: Path | None, levels: int, codes: int, seed: int) -> None:
     """Interaction log LOG (CSV or Parquet: user, item, timestamp) -> 8:1:1 global-time splits and
@@ -274,9 +297,7 @@ def data_fix_index(data_dir: Path, out: Path | None) -> None:
 @data.command("reindex")
 @click.argument("data_dir", metavar="DIR", type=FOLDER)
 @click.option("--out", type=NEW_FOLDER, required=True, help="the new dataset folder")
-@click.option("--levels", default=3, show_default=True, help="residual k-means levels (+1 disambiguation level)")
-@click.option("--codes", default=256, show_default=True, help="codes per level")
-@click.option("--seed", default=0, show_default=True)
+@SEMANTIC_ID_SETTINGS
 @click.option("--include-valid", is_flag=True,
               help="learn the IDs from train + valid items (for a final fit with `train --include-valid`)")
 @click.option("--name", default=None, help="the new dataset's name (<name>.index.json; default: DIR's)")
@@ -301,10 +322,10 @@ def data_reindex(data_dir: Path, out: Path, levels: int, codes: int, seed: int, 
 @click.argument("out", type=NEW_FOLDER)
 @click.option("--kind", type=click.Choice(RECIPES), default="target", show_default=True,
               help="model recipe (atspeed.rec.recipes)")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
+@click.option("--epochs", type=FINITE_POSITIVE, default=10.0, show_default=True)
 @click.option("--max-steps", default=-1, show_default=True, help="> 0 overrides --epochs")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--lr", type=FINITE_POSITIVE, default=1e-3, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--save-steps", type=click.IntRange(min=1), default=500, show_default=True,
               help="steps between checkpoints (the last 2 are kept) and validations")
@@ -348,7 +369,7 @@ def train(data_dir: Path, out: Path, kind: str, allow_duplicate_ids: bool, inclu
 @click.option("--users", type=click.IntRange(min=1), default=None, help="evaluate the first N test users only")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="users decoded together")
 @click.option("--draft-beams", type=click.IntRange(min=1), default=None, help="draft beams N (default 2K; at least K)")
-@click.option("--gamma", default=3, show_default=True, help="levels drafted per round")
+@click.option("--gamma", type=click.IntRange(min=1), default=3, show_default=True, help="levels drafted per round")
 @DEVICE
 @DTYPE
 @click.option("--split", type=click.Choice(EVAL_SPLITS), default="test", show_default=True)
@@ -442,9 +463,10 @@ def _print_recommendations(data_dir: Path, target: Path, draft: Path | None, ite
 @_data()
 @_target()
 @click.option("--out", type=NEW_FOLDER, required=True, help="cache folder (resumed if unfinished)")
-@click.option("-k", "--top-k", "k", default=20, show_default=True, help="target beams kept per prompt")
+@click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="target beams kept per prompt")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--chunk-size", default=1024, show_default=True,
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="prompts per resumable chunk (Ray: one actor pool per chunk, so make it large)")
 @DEVICE
 @DTYPE
@@ -485,22 +507,28 @@ def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, ch
 @click.option("--method", type=click.Choice(ALIGN_METHODS), default="atspeed-s", show_default=True)
 @_draft(help="start from this draft (default: a fresh model of --kind)")
 @click.option("--kind", type=click.Choice(RECIPES), default="draft", show_default=True)
-@click.option("--alpha", default=0.7, show_default=True, help="(1 - alpha) L_rec + alpha L_align")
-@click.option("--top-k", "top_k", default=20, show_default=True, help="AtSpeed-S: the draft's top-k set")
-@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+              help="(1 - alpha) L_rec + alpha L_align")
+@click.option("--top-k", "top_k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="AtSpeed-S: the draft's top-k set")
+@click.option("--temperature", type=FINITE_POSITIVE, default=1.0, show_default=True)
 @click.option("--mask-to-valid/--no-mask-to-valid", default=True, show_default=True,
               help="compare distributions over the tokens a valid item may take")
-@click.option("--teacher-beams", default=20, show_default=True, help="target beams trained on per prompt")
+@click.option("--teacher-beams", type=click.IntRange(min=1), default=20, show_default=True,
+              help="target beams trained on per prompt")
 @click.option("--on-policy", is_flag=True, help="also align on the draft's own beams")
 @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--max-steps", type=int, default=None)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--lr", type=FINITE_POSITIVE, default=1e-3, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--eval-every", default=500, show_default=True, help="steps between acceptance checks")
-@click.option("--eval-users", default=256, show_default=True, help="validation users of each check")
-@click.option("-k", "--beams", "k", default=20, show_default=True, help="K of the acceptance check")
-@click.option("--gamma", default=3, show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=0), default=500, show_default=True,
+              help="steps between acceptance checks (0: before and after training only)")
+@click.option("--eval-users", type=click.IntRange(min=1), default=256, show_default=True,
+              help="validation users of each check")
+@click.option("-k", "--beams", "k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="K of the acceptance check")
+@click.option("--gamma", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="device of the teacher-data run")
 def align(data_dir: Path, target: Path, teacher_dir: Path | None, out: Path, target_logits: Path | None,
           draft: Path | None, kind: str, device: str, **settings) -> None:
@@ -577,7 +605,7 @@ def serve(data_dir: Path | None, **settings: object) -> None:
               help="work folder: data, trained models, results.{json,csv,png}")
 @click.option("--users", type=click.IntRange(min=1), default=100, show_default=True, help="test users to evaluate")
 @KS
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("--epochs", type=FINITE_POSITIVE, default=1.0, show_default=True,
               help="training epochs when models are trained (with --data, or with --train-steps)")
 @click.option("--train-steps", type=int, default=None,
               help="train target and draft for this many steps instead of using committed weights")
@@ -601,11 +629,13 @@ def bench() -> None:
 
 
 @bench.command("decode")
-@click.option("--beams", "-k", default=20, show_default=True, help="beam size K (items returned)")
-@click.option("--draft-beams", "-n", default=40, show_default=True, help="draft beams N")
-@click.option("--gamma", default=3, show_default=True, help="draft length")
-@click.option("--new-tokens", default=4, show_default=True, help="tokens to generate (an item ID is 4)")
-@click.option("--prompt-len", default=84, show_default=True)
+@click.option("--beams", "-k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="beam size K (items returned)")
+@click.option("--draft-beams", "-n", type=click.IntRange(min=1), default=40, show_default=True, help="draft beams N")
+@click.option("--gamma", type=click.IntRange(min=1), default=3, show_default=True, help="draft length")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=4, show_default=True,
+              help="tokens to generate (an item ID is 4)")
+@click.option("--prompt-len", type=click.IntRange(min=1), default=84, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 def bench_decode(**settings: int) -> None:
     """HF beam search vs tree attention vs strict speculative beam search on a built-in random model pair
@@ -619,10 +649,10 @@ def bench_decode(**settings: int) -> None:
 @_data(required=False, help="dataset folder whose catalogue is used (default: the synthetic catalogue)")
 @click.option("--batches", default="1,4,16", show_default=True, callback=_positive_ints("batch size"),
               help="requests B per step")
-@click.option("--beams", "-k", default=20, show_default=True, help="beams K per request")
+@click.option("--beams", "-k", type=click.IntRange(min=1), default=20, show_default=True, help="beams K per request")
 @click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True)
 @DEVICE
-@click.option("--threads", default=1, show_default=True, help="torch CPU threads")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch CPU threads")
 def bench_trie(data_dir: Path | None, batches: list[int], beams: int, repeats: int, device: str,
                threads: int) -> None:
     """Per-step cost of the vectorised trie constraint vs HF's prefix_allowed_tokens_fn, side by side."""
@@ -642,9 +672,11 @@ def bench_trie(data_dir: Path | None, batches: list[int], beams: int, repeats: i
               help="beam sizes K")
 @click.option("--methods", default=",".join(ENGINE_METHODS), show_default=True, callback=_subset(ALL_ENGINE_METHODS))
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--hf-max-rows", default=4096, show_default=True, help="skip HF above B*K beam rows")
-@click.option("--noise", default=0.02, show_default=True, help="the noisy draft's disagreement")
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+@click.option("--hf-max-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="skip HF above B*K beam rows")
+@click.option("--noise", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="the noisy draft's disagreement")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's)")
 def bench_engine(size: str, device: str, dtype: str, batches: list[int], beams: list[int], methods: list[str],
                  repeats: int, hf_max_rows: int, noise: float, threads: int | None) -> None:
     """The static engine vs HF generate() and the tree path (rec shape: 84-token prompt, 4 new tokens):

@@ -1,9 +1,9 @@
-"""The one integer check every entry point uses (atspeed.decoding.checks)."""
+"""The numeric checks every entry point uses (atspeed.decoding.checks)."""
 
 import numpy as np
 import pytest
 
-from atspeed.decoding.checks import check_int, is_int
+from atspeed.decoding.checks import check_int, check_positive, is_int
 
 
 @pytest.mark.parametrize("value", [0, 3, -2, np.int64(5)])
@@ -28,3 +28,14 @@ def test_check_int_names_the_setting_its_least_value_and_what_else_is_accepted()
 def test_check_int_names_a_least_value_that_comes_from_another_setting():
     with pytest.raises(ValueError, match=r"max_gamma must be an integer >= gamma \(3\), got 2"):
         check_int("max_gamma", 2, 3, bound="gamma (3)")
+
+
+@pytest.mark.parametrize("value", [1e-4, 3, np.float32(0.5)])
+def test_check_positive_returns_a_finite_positive_number_as_a_float(value):
+    assert check_positive("lr", value) == float(value) and isinstance(check_positive("lr", value), float)
+
+
+@pytest.mark.parametrize("value", [0, -1e-3, float("nan"), float("inf"), True, "1e-3", None])
+def test_check_positive_refuses_zero_negatives_non_finite_bools_and_text(value):
+    with pytest.raises(ValueError, match=r"^lr must be a finite number > 0, got "):
+        check_positive("lr", value)

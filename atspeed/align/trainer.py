@@ -60,6 +60,7 @@ from atspeed.align.losses import ALIGN_LOSSES, combine, rec_loss, seqkd_loss
 from atspeed.align.rows import Rows, answer_allowed, answer_logits, encode_rows
 from atspeed.align.target_logits import TargetLogits, generate_target_logits, load_target_logits
 from atspeed.align.teacher import TeacherData, sha256_json, weights_sha256
+from atspeed.decoding.checks import check_positive
 from atspeed.files import swap_dir, write_text
 from atspeed.rec.data import MAX_HISTORY, RecDataset, eval_cases, train_samples
 from atspeed.rec.recommend import Recommender, build_recommender, recommend
@@ -147,6 +148,7 @@ def check_config(cfg: AlignConfig, teacher: TeacherData | None) -> None:
         raise ValueError(f"Unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
     if not cfg.temperature > 0:
         raise ValueError(f"temperature must be > 0, got {cfg.temperature}.")
+    check_positive("lr", cfg.lr)
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 or None, got {cfg.max_steps}.")
     for name in ("top_k", "epochs", "batch_size", "eval_users", "eval_batch_size", "k", "gamma"):

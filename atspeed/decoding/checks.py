@@ -1,8 +1,9 @@
-"""Checks of integer settings, shared by every entry point so that all refuse the same values with the
+"""Checks of numeric settings, shared by every entry point so that all refuse the same values with the
 same words (a bool is not an integer here, though Python says it is)."""
 
 from __future__ import annotations
 
+import math
 import numbers
 
 
@@ -17,3 +18,10 @@ def check_int(name: str, value: object, least: int = 1, bound: str | None = None
     if not is_int(value) or value < least:
         raise ValueError(f"{name} must be an integer >= {bound or least}{note}, got {value!r}.")
     return value
+
+
+def check_positive(name: str, value: object) -> float:
+    """`value` as a float if it is a finite number > 0 (a learning rate, say), else a ValueError naming `name`."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+    return float(value)

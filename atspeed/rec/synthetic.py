@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atspeed.decoding.checks import check_int
 from atspeed.rec.data import RecDataset, save_dataset
 
 LEVEL_PREFIXES = ("a", "b", "c", "d")
@@ -70,6 +71,7 @@ def write_synthetic(root: str | os.PathLike, cfg: SyntheticConfig = SyntheticCon
 
 
 def _check(cfg: SyntheticConfig) -> None:
+    check_int("num_users", cfg.num_users)
     leaves = cfg.num_categories * cfg.subcategories * cfg.clusters
     if cfg.num_items < leaves:
         raise ValueError(f"num_items={cfg.num_items} must be >= categories * subcategories * clusters = {leaves}.")

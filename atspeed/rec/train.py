@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch.utils.data import Dataset
 from transformers import (
     EarlyStoppingCallback,
@@ -48,6 +49,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from atspeed.decoding.checks import check_positive
 from atspeed.files import write_dir, write_text
 from atspeed.hf.compat import length_grouping_args, make_tokenizer_portable, warmup_args
 from atspeed.rec.data import (
@@ -197,10 +199,16 @@ def train(
         raise ValueError(f"save_total_limit must be >= 2 (or None), got {save_total_limit}.")
     if eval_users < 0:
         raise ValueError(f"eval_users must be >= 0, got {eval_users}.")
+    check_positive("lr", lr)
+    check_positive("epochs", epochs)
     examples = training_examples(objective, dataset, tokenizer)
     validate = eval_users > 0
     cases = eval_cases(dataset, "valid")[:eval_users] if validate else None
     out_dir = Path(out_dir)
+    checkpoint = last_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:  # resuming on another index would train its tokens on other items
+        check_index(checkpoint, dataset.index, "checkpoint", f"dataset {dataset.name!r}'s")
+        check_same_shapes(checkpoint, model)
     out_dir.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
         output_dir=str(out_dir),
@@ -239,9 +247,6 @@ def train(
         index=dataset.index,
         eval_k=eval_k,
     )
-    checkpoint = last_checkpoint(out_dir) if resume else None
-    if checkpoint is not None:  # resuming on another index would train its tokens on other items
-        check_index(checkpoint, dataset.index, "checkpoint", f"dataset {dataset.name!r}'s")
     hooks = residual_dropout(model, dropout)
     try:
         trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
@@ -323,6 +328,21 @@ class _MarkComplete(TrainerCallback):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             write_text(folder / MODEL_INDEX_FILE, self.index_json)
             write_text(folder / COMPLETE, f"{state.global_step}\n")
+
+
+def check_same_shapes(checkpoint: Path, model: PreTrainedModel) -> None:
+    """A checkpoint resumes only into a model of its own shape (another --kind, or a recipe changed since,
+    would fail inside the Trainer with a list of size mismatches)."""
+    weights = checkpoint / "model.safetensors"
+    if not weights.exists():  # not ours to judge: the Trainer reports what it cannot load
+        return
+    with safe_open(weights, framework="pt") as f:
+        saved = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    for name, tensor in model.state_dict().items():
+        if name in saved and saved[name] != tuple(tensor.shape):
+            raise ValueError(f"{checkpoint} holds a model of another shape ({name}: {list(saved[name])}, this "
+                             f"model's {list(tensor.shape)}), e.g. another --kind: train into a new folder, or "
+                             "start over with --no-resume.")
 
 
 def last_checkpoint(out_dir: str | os.PathLike) -> Path | None:

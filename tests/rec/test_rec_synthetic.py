@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from atspeed.rec.data import eval_cases, load_dataset, train_samples
 from atspeed.rec.synthetic import SyntheticConfig, generate_dataset, write_synthetic
@@ -82,3 +83,9 @@ def test_test_users_have_a_history_and_training_samples_exist(synthetic):
 def test_written_files_load_back_as_the_generated_dataset(tmp_path):
     generated = write_synthetic(tmp_path, SMALL)
     assert load_dataset(tmp_path) == generated
+
+
+@pytest.mark.parametrize("users", [0, -1, 2.5])
+def test_a_synthetic_dataset_without_a_whole_positive_number_of_users_is_refused(users):
+    with pytest.raises(ValueError, match=r"num_users must be an integer >= 1"):
+        generate_dataset(SyntheticConfig(num_items=128, num_users=users))

@@ -131,6 +131,20 @@ def test_resuming_a_checkpoint_trained_on_another_index_is_refused(synthetic, to
               save_steps=2)
 
 
+def test_resuming_a_checkpoint_of_another_shape_is_refused_before_training(synthetic, tokenizer, tmp_path):
+    train(new_model("tiny", tokenizer), tokenizer, synthetic, tmp_path, max_steps=2, save_steps=2)
+    with pytest.raises(ValueError, match=r"checkpoint-2 holds a model of another shape .*another --kind"):
+        train(new_model("draft", tokenizer), tokenizer, synthetic, tmp_path, max_steps=4, save_steps=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "final"]
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan"), float("inf")])
+def test_a_learning_rate_that_cannot_train_is_refused_and_nothing_is_written(synthetic, tokenizer, tmp_path, lr):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        train(new_model("tiny", tokenizer), tokenizer, synthetic, tmp_path / "out", max_steps=2, lr=lr)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_failed_final_save_leaves_no_final_folder(run, tmp_path):
     class BrokenTokenizer:
         def save_pretrained(self, path):
