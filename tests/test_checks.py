@@ -20,6 +20,12 @@ def test_check_int_returns_a_valid_value():
     assert check_int("gamma", 3) == 3
 
 
+def test_check_int_returns_a_numpy_integer_as_a_python_int():
+    """Settings flow into JSON results and messages: a numpy integer would not serialise."""
+    value = check_int("users", np.int64(7))
+    assert value == 7 and type(value) is int
+
+
 def test_check_int_names_the_setting_its_least_value_and_what_else_is_accepted():
     with pytest.raises(ValueError, match=r"^users must be an integer >= 1 \(or None for all\), got 0\.$"):
         check_int("users", 0, note=" (or None for all)")

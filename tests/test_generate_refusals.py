@@ -116,6 +116,19 @@ def test_the_patch_hands_hfs_single_sequence_modes_to_hf(gpt2, settings):
 
 @pytest.mark.parametrize("settings", [dict(penalty_alpha=0.6, top_k=4), dict(dola_layers="high")],
                          ids=["contrastive", "dola"])
+def test_the_patch_hands_them_to_hf_when_a_generation_config_sets_them(gpt2, settings):
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=5, **settings)
+    with pytest.raises(Exception) as by_hf:
+        gpt2.generate(**INPUTS, generation_config=copy.deepcopy(config))
+    with pytest.raises(type(by_hf.value)) as patched:
+        replace_beam_search_with_TreeAttn(copy.deepcopy(gpt2)).generate(**INPUTS, generation_config=config)
+    assert str(patched.value) == str(by_hf.value)
+
+
+@pytest.mark.parametrize("settings", [dict(penalty_alpha=0.6, top_k=4), dict(dola_layers="high")],
+                         ids=["contrastive", "dola"])
 def test_custom_generate_refuses_hfs_single_sequence_modes(gpt2, settings):
     with pytest.raises(NotImplementedError, match=r"contrastive search \(penalty_alpha\) and DoLa"):
         gpt2.generate(**INPUTS, max_new_tokens=5, custom_generate=tree_attention_generate, **settings)

@@ -7,6 +7,8 @@ runs the model on B * K rows, tree attention on B rows.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -297,6 +299,24 @@ def test_stop_strings_stop_where_hf_stops(llama, word_tokenizer, stop, num_beams
                     stop_strings=stop, tokenizer=word_tokenizer, pad_token_id=0, eos_token_id=None)
     ref = hf_generate(llama, **settings)
     assert torch.equal(replace_beam_search_with_TreeAttn(fresh_copy(llama)).generate(**settings), ref)
+
+
+@pytest.mark.parametrize("where", ["generation_config", "model_config"])
+def test_stop_strings_set_in_a_generation_config_stop_where_hf_stops(llama, word_tokenizer, where):
+    from transformers import GenerationConfig
+
+    ids = torch.tensor([[33, 28, 34, 3, 60, 32]])
+    config = GenerationConfig(num_beams=3, max_new_tokens=12, stop_strings=["w1"], pad_token_id=0, eos_token_id=None)
+    inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), tokenizer=word_tokenizer)
+
+    def run(model):
+        if where == "model_config":
+            model.generation_config = copy.deepcopy(config)
+            return model.generate(**inputs)
+        return model.generate(**inputs, generation_config=copy.deepcopy(config))
+
+    ref = run(fresh_copy(llama))
+    assert torch.equal(run(replace_beam_search_with_TreeAttn(fresh_copy(llama))), ref)
 
 
 def test_stop_strings_without_a_tokenizer_are_refused(llama, inputs):

@@ -13,11 +13,11 @@ def is_int(x: object) -> bool:
 
 
 def check_int(name: str, value: object, least: int = 1, bound: str | None = None, note: str = "") -> int:
-    """`value` if it is an integer >= `least`, else a ValueError naming `name` (`bound`: how to name
-    the least value, e.g. "gamma (3)"; `note`: what else is accepted)."""
+    """`value` as a Python int if it is an integer >= `least` (numpy's too), else a ValueError naming
+    `name` (`bound`: how to name the least value, e.g. "gamma (3)"; `note`: what else is accepted)."""
     if not is_int(value) or value < least:
         raise ValueError(f"{name} must be an integer >= {bound or least}{note}, got {value!r}.")
-    return value
+    return int(value)
 
 
 def check_positive(name: str, value: object) -> float:

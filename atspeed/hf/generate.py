@@ -7,6 +7,7 @@ then hands them to it. The drop-in patch and the function API both go through it
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -254,26 +255,36 @@ def to_generate_output(result: BeamSearchResult, gc: GenerationConfig) -> TreeBe
     )
 
 
-def _stop_strings_as_criterion(kwargs: dict) -> dict:
+def _stop_strings_as_criterion(model: torch.nn.Module, kwargs: dict) -> dict:
     """generate() builds stop_strings' criterion from its `tokenizer` argument, which it does not keep
-    for a callable custom_generate (atspeed's): the criterion is built here instead, as HF builds it."""
+    for a callable custom_generate (atspeed's): the criterion is built here instead, as HF builds it, and
+    stop_strings is cleared wherever it was set (argument, generation_config or the model's config)."""
     kwargs = dict(kwargs)
     tokenizer = kwargs.pop("tokenizer", None)
     if tokenizer is None:
         raise ValueError("stop_strings needs the tokenizer: pass tokenizer=... to generate(), as HF asks.")
+    stop_strings = _requested(model, kwargs, "stop_strings")
+    config = kwargs.get("generation_config")
+    if config is None and model.generation_config.stop_strings is not None:
+        config = model.generation_config
+    if config is not None and not isinstance(config, dict):
+        kwargs["generation_config"] = copy.deepcopy(config)
+        kwargs["generation_config"].stop_strings = None
+    kwargs["stop_strings"] = None
     criteria = StoppingCriteriaList(kwargs.get("stopping_criteria") or [])
-    criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=kwargs.pop("stop_strings")))
+    criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
     kwargs["stopping_criteria"] = criteria
     return kwargs
 
 
-def _requested_num_beams(model: torch.nn.Module, kwargs: dict) -> int:
-    """num_beams as generate() will resolve it: argument, then generation_config, then the model's."""
+def _requested(model: torch.nn.Module, kwargs: dict, name: str) -> Any:
+    """A generation setting as generate() will resolve it: argument, then generation_config, then the
+    model's (None if none sets it)."""
     for source in (kwargs, kwargs.get("generation_config"), model.generation_config):
-        value = source.get("num_beams") if isinstance(source, dict) else getattr(source, "num_beams", None)
+        value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
         if value is not None:
             return value
-    return 1
+    return None
 
 
 def generate_with_tree_attention(
@@ -281,12 +292,12 @@ def generate_with_tree_attention(
 ) -> Any:  # HF's own return: a tensor of sequences, or a GenerateOutput (TreeBeamOutput for beam search)
     """HF generate() (the class's own, patched or not) with tree-attention beam search.
     step_scores=False: with output_scores, return only the sequences' scores (no per-step tuple)."""
-    hf_only = [key for key in HF_ONLY_KWARGS if kwargs.get(key) is not None]
+    hf_only = [key for key in HF_ONLY_KWARGS if _requested(model, kwargs, key) is not None]
     if hf_only:  # HF's own greedy/sampling modes: HF runs them; with beams they are refused
-        if always_beam or _requested_num_beams(model, kwargs) > 1:
+        if always_beam or (_requested(model, kwargs, "num_beams") or 1) > 1:
             raise NotImplementedError(
-                f"{hf_only[0]} is not supported with beam search under atspeed's patch (HF beam search does "
-                "not support it either); for speculative beam search use atspeed.beamsd.beam_search_by_SD."
+                f"{hf_only[0]} is not supported with beam search under atspeed's patch (HF's beam search ignores "
+                "it, with a warning); for speculative beam search use atspeed.beamsd.beam_search_by_SD."
             )
         return type(model).generate(model, **kwargs)
     for key in UNSUPPORTED_GENERATE_KWARGS:
@@ -296,8 +307,8 @@ def generate_with_tree_attention(
             )
     if kwargs.get("custom_generate") is not None:
         raise ValueError("custom_generate is already set by atspeed; call the original generate() to use another.")
-    if kwargs.get("stop_strings") is not None:
-        kwargs = _stop_strings_as_criterion(kwargs)
+    if _requested(model, kwargs, "stop_strings") is not None:
+        kwargs = _stop_strings_as_criterion(model, kwargs)
     ids, mask = kwargs.get("input_ids", kwargs.get("inputs")), kwargs.get("attention_mask")
     if isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor):  # generate() would expand both silently
         check_inputs({"input_ids": ids, "attention_mask": mask})

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from atspeed.rec.data import SPLITS, EvalCase, RecDataset
+from atspeed.rec.recommend import check_k
 
 
 def popularity(ds: RecDataset, k: int, splits: Sequence[str] = ("train", "valid")) -> list[int]:
@@ -21,8 +22,7 @@ def popularity(ds: RecDataset, k: int, splits: Sequence[str] = ("train", "valid"
 
     The default splits are those before the test split: counting the test items would leak them.
     """
-    if not 1 <= k <= ds.num_items:
-        raise ValueError(f"k must be between 1 and the number of items ({ds.num_items}), got {k}.")
+    check_k(k, ds.num_items)
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         raise ValueError(f"unknown split(s) {bad}; expected some of {list(SPLITS)}.")

@@ -97,7 +97,7 @@ def load_index(path: str | os.PathLike, *, allow_duplicate_ids: bool = False) ->
         raise ValueError(f"{path}: expected a non-empty JSON object mapping item id -> list of tokens.")
     index: dict[int, SemanticID] = {}
     for key, tokens in pairs:
-        if not (isinstance(key, str) and key.isdigit() and str(int(key)) == key):  # "01" would overwrite "1"
+        if not (isinstance(key, str) and _is_number(key) and str(int(key)) == key):  # "01" would overwrite "1"
             raise ValueError(f"{path}: item key {key!r} is not a non-negative integer written plainly (0, 1, 2 ...).")
         if int(key) in index:
             raise ValueError(f"{path}: item key {key!r} appears twice.")
@@ -145,6 +145,11 @@ def _check_unique_ids(index: Mapping[int, SemanticID], path: Path | str) -> None
         )
 
 
+def _is_number(text: str) -> bool:
+    """Digits 0-9 only, few enough for int() ("²" is a digit to str.isdigit, and int() refuses it)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def load_split(path: str | os.PathLike, num_items: int) -> Sequences:
     """Read one `sequential_*.txt` file into user -> 0-based items (1-based on disk)."""
     path = Path(path)
@@ -154,7 +159,7 @@ def load_split(path: str | os.PathLike, num_items: int) -> Sequences:
             fields = line.split()
             if not fields:
                 continue  # blank line (e.g. a trailing newline): no user
-            bad = [x for x in fields if not (x.isascii() and x.isdigit() and int(x) > 0)]  # "²" is a digit too
+            bad = [x for x in fields if not (_is_number(x) and int(x) > 0)]
             if bad:
                 raise ValueError(f"{path}, line {lineno}: {bad[0]!r} is not a positive integer (`USER ITEM ITEM ...`, "
                                  "users and items counted from 1).")

@@ -46,8 +46,11 @@ def evaluate_run(
 ) -> list[MethodResult]:
     """Every method (default: all that apply) at every K on the first `users` users of `split`; the table
     goes to `log`, and with `out` the report (results.json holds the run's settings under "meta")."""
-    if users is not None:
-        check_int("users", users, note=" (or None for all)")
+    if users is not None:  # checked here, not after the run: the report's JSON holds them as plain ints
+        users = check_int("users", users, note=" (or None for all)")
+    batch_size, gamma = check_int("batch_size", batch_size), check_int("gamma", gamma)
+    if draft_beams is not None:
+        draft_beams = check_int("draft_beams", draft_beams, note=" (or None for 2K)")
     ds = load_dataset(data_dir, allow_duplicate_ids=True)
     cases = eval_cases(ds, split)[:users]
     rec = load_recommender(target, data_dir, draft, device=device, dtype=getattr(torch, dtype),

@@ -68,7 +68,8 @@ def plot(rows: Sequence[MethodResult], path: str | os.PathLike, title: str = "")
     ax_recall.set(xlabel="K", ylabel="Recall@K")
     for ax in (ax_speed, ax_recall):
         ax.set_xticks(sorted(frame["k"].unique()))
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # without HF no method has a speedup to show
+            ax.legend()
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

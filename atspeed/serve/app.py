@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
@@ -60,6 +61,20 @@ class RequestError(Exception):
         self.status, self.kind, self.detail, self.headers = status, kind, detail, headers
 
 
+@dataclass(frozen=True)
+class Catalogue:
+    """What the app checks requests against: the item count, the distinct semantic IDs (the largest K:
+    items that share an ID are one beam) and each item's original key, if known."""
+
+    num_items: int
+    num_ids: int
+    item_keys: Sequence | None = None
+
+    @classmethod
+    def of(cls, rec: Recommender, item_keys: Sequence | None = None) -> Catalogue:
+        return cls(rec.num_items, rec.num_ids, item_keys)
+
+
 class Decoder(Protocol):
     """Where the app's checked requests are decoded: this process's batcher (`LocalDecoder`), or model
     replicas on Ray Serve (`atspeed.serve.ray_serve`). The routes, checks and errors are the app's."""
@@ -86,7 +101,7 @@ class LocalDecoder:
         decode = partial(_decode, self.rec, config.method, config.max_batch)
         batcher = Batcher(decode, max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000,
                           on_batch=metrics.on_batch)
-        await asyncio.to_thread(_warm_up, decode, self.rec.num_items)
+        await asyncio.to_thread(_warm_up, decode, Catalogue.of(self.rec))
         batcher.start()
         metrics.queued.set_function(lambda: batcher.queued)
         self.batcher = batcher
@@ -107,11 +122,12 @@ class LocalDecoder:
 def create_app(rec: Recommender, config: ServeConfig | None = None, item_keys: Sequence | None = None) -> FastAPI:
     """The service for a loaded recommender; `item_keys[i]` is item i's original key, if known."""
     config = config or ServeConfig()
-    return build_app(LocalDecoder(rec, config), rec.num_items, config, item_keys)
+    return build_app(LocalDecoder(rec, config), Catalogue.of(rec, item_keys), config)
 
 
-def build_app(decoder: Decoder, num_items: int, config: ServeConfig, item_keys: Sequence | None = None) -> FastAPI:
-    """The routes over any decoder of a catalogue of `num_items` items (create_app: the local one)."""
+def build_app(decoder: Decoder, catalogue: Catalogue, config: ServeConfig) -> FastAPI:
+    """The routes over any decoder of `catalogue` (create_app: the local one)."""
+    num_items, item_keys = catalogue.num_items, catalogue.item_keys
     metrics = Metrics()
 
     @asynccontextmanager
@@ -139,7 +155,7 @@ def build_app(decoder: Decoder, num_items: int, config: ServeConfig, item_keys: 
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
     async def recommend_one(body: RecommendRequest, request: Request) -> RecommendResponse:
         """The top-K items for one user's history."""
-        _check(config, num_items, [body.history], body.k)
+        _check(config, catalogue, [body.history], body.k)
         a = await answer(body.history, body.k)
         return RecommendResponse(**result(body.user, a).model_dump(), method=config.method, k=body.k,
                                  latency_ms=_ms_since(request))
@@ -150,7 +166,7 @@ def build_app(decoder: Decoder, num_items: int, config: ServeConfig, item_keys: 
         if len(body.users) > config.max_users:
             raise RequestError(413, "batch_too_large",
                                f"{len(body.users)} users in one request; the limit is {config.max_users}.")
-        _check(config, num_items, [u.history for u in body.users], body.k)
+        _check(config, catalogue, [u.history for u in body.users], body.k)
         answers = await asyncio.gather(*(answer(u.history, body.k) for u in body.users))
         return BatchResponse(results=[result(u.user, a) for u, a in zip(body.users, answers, strict=True)],
                              method=config.method, k=body.k, latency_ms=_ms_since(request))
@@ -178,17 +194,17 @@ def _decode(rec: Recommender, method: str, max_batch: int, histories: Sequence[S
     return recommend(rec, histories, k, method=method, batch_size=max_batch)
 
 
-def _warm_up(decode, num_items: int) -> None:
+def _warm_up(decode, catalogue: Catalogue) -> None:
     """First calls allocate and pick kernels: pay that before the first user does (batch 1 and 2)."""
-    k = min(20, num_items)
+    k = min(20, catalogue.num_ids)
     decode([[0]], k)
-    decode([[0], [0, 1 % num_items]], k)
+    decode([[0], [0, 1 % catalogue.num_items]], k)
 
 
-def _check(config: ServeConfig, num_items: int, histories: list[list[int]], k: int) -> None:
+def _check(config: ServeConfig, catalogue: Catalogue, histories: list[list[int]], k: int) -> None:
     """The request's K and histories, by recommend()'s own checks plus the service's size bounds."""
     try:
-        check_k(k, num_items)
+        check_k(k, catalogue.num_items, catalogue.num_ids)
     except ValueError as e:
         raise RequestError(422, "invalid_k", str(e)) from None
     if k > config.max_k:
@@ -198,7 +214,7 @@ def _check(config: ServeConfig, num_items: int, histories: list[list[int]], k: i
             raise RequestError(422, "history_too_long", f"History {row} has {len(history)} items; the limit is "
                                f"{config.max_history} (the model reads the last 20).")
     try:
-        check_histories(histories, num_items)
+        check_histories(histories, catalogue.num_items)
     except ValueError as e:
         raise RequestError(422, "invalid_history", str(e)) from None
 

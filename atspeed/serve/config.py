@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
+
+from atspeed.decoding.checks import is_int
 
 SERVE_METHODS = ("tree", "speculative", "hf")  # exact beam search: the same list for the same history
 SERVE_ENGINES = ("local", "ray")  # uvicorn in this process, or Ray Serve replicas
@@ -55,8 +58,15 @@ class ServeConfig:
             raise ValueError(f"--method must be one of {', '.join(SERVE_METHODS)}, got {self.method!r}.")
         if self.engine not in SERVE_ENGINES:
             raise ValueError(f"--engine must be one of {', '.join(SERVE_ENGINES)}, got {self.engine!r}.")
-        for name, (_, least, most) in SERVE_BOUNDS.items():
+        for name, (kind, least, most) in SERVE_BOUNDS.items():
             value = getattr(self, name)
-            if value is not None and not (least <= value and (most is None or value <= most) and math.isfinite(value)):
+            if value is None:
+                continue
+            if kind is int:
+                right_type, what = is_int(value), "an integer"
+            else:
+                right_type = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                what = "a finite number"
+            if not (right_type and least <= value and (most is None or value <= most)):
                 span = f">= {least}" if most is None else f"between {least} and {most}"
-                raise ValueError(f"--{name.replace('_', '-')} must be {span}, got {value}.")
+                raise ValueError(f"--{name.replace('_', '-')} must be {what} {span}, got {value!r}.")

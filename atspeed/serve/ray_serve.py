@@ -35,7 +35,7 @@ from ray.serve.handle import DeploymentHandle
 from atspeed.rec.data import find_index_file
 from atspeed.rec.ray_engine import init_ray
 from atspeed.rec.recommend import model_dir
-from atspeed.serve.app import LocalDecoder, RequestError, build_app
+from atspeed.serve.app import Catalogue, LocalDecoder, RequestError, build_app
 from atspeed.serve.batcher import Answer
 from atspeed.serve.config import ServeConfig
 from atspeed.serve.main import load, model_folders
@@ -56,14 +56,14 @@ class Model:
 
         if config.device == "cpu":  # replicas share the node's cores: no oversubscription
             torch.set_num_threads(config.threads or max(1, int(config.cpus_per_replica)))
-        rec, self.item_keys = await asyncio.to_thread(load, config)
-        self.num_items = rec.num_items
+        rec, item_keys = await asyncio.to_thread(load, config)
+        self.catalogue_ = Catalogue.of(rec, item_keys)
         self.decoder = LocalDecoder(rec, config)
         await self.decoder.start(Metrics())  # warm-up, then the batcher; its metrics stay in this replica
 
-    def catalogue(self) -> tuple[int, Sequence | None]:
-        """The ingress's checks and keys: the item count and original keys of what this replica loaded."""
-        return self.num_items, self.item_keys
+    def catalogue(self) -> Catalogue:
+        """What the ingress checks requests against and names items by: this replica's catalogue."""
+        return self.catalogue_
 
     async def answer(self, history: list[int], k: int) -> Answer:
         return await self.decoder.answer(history, k)
@@ -112,8 +112,8 @@ class Ingress:
     """The HTTP app (`build_app`) over the Model replicas; it needs no model of its own."""
 
     async def __init__(self, model: DeploymentHandle, config: ServeConfig) -> None:
-        num_items, keys = await model.catalogue.remote()  # waits for the first Model replica
-        self.http = build_app(ReplicaDecoder(model), num_items, config, keys)  # not "app": Ray's property
+        catalogue = await model.catalogue.remote()  # waits for the first Model replica
+        self.http = build_app(ReplicaDecoder(model), catalogue, config)  # not "app": Ray's property
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self.http

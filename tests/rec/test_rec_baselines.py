@@ -53,6 +53,12 @@ def test_k_outside_the_catalogue_is_an_error(k):
         popularity(toy(), k)
 
 
+@pytest.mark.parametrize("k", [2.5, True])
+def test_k_that_is_not_an_integer_is_an_error(k):
+    with pytest.raises(ValueError, match=rf"k must be an integer, got {k}"):
+        popularity(toy(), k)
+
+
 def test_unknown_split_is_an_error():
     with pytest.raises(ValueError, match="unknown split"):
         popularity(toy(), 1, splits=("training",))

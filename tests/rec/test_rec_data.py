@@ -200,6 +200,20 @@ def test_an_index_key_with_a_leading_zero_is_refused_not_merged(tmp_path):
         load_dataset(root)
 
 
+@pytest.mark.parametrize("key", ["²", "1" * 5000])
+def test_an_index_key_that_int_cannot_read_is_refused_naming_the_file(tmp_path, key):
+    """'²' is a digit to str.isdigit, and 5,000 digits exceed int()'s limit: both are malformed keys."""
+    root = write(tmp_path)
+    (root / "toy.index.json").write_text(f'{{"0": ["<a_0>"], "{key}": ["<a_1>"]}}')
+    with pytest.raises(ValueError, match=r"toy\.index\.json: item key .* is not a non-negative integer"):
+        load_dataset(root)
+
+
+def test_a_user_id_too_long_for_int_is_a_malformed_line(tmp_path):
+    with pytest.raises(ValueError, match=r"sequential_test\.txt, line 1: '1111.*' is not a positive integer"):
+        load_dataset(write(tmp_path, test="1" * 5000 + " 1\n"))
+
+
 def test_an_index_key_written_twice_is_refused(tmp_path):
     root = write(tmp_path)
     (root / "toy.index.json").write_text('{"0": ["<a_0>"], "1": ["<a_1>"], "1": ["<a_2>"]}')

@@ -143,3 +143,15 @@ def test_the_report_writes_json_csv_and_png_with_the_same_rows(rows, tmp_path):
     assert list(frame["method"]) == [r.method for r in rows]
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.json", "results.png"]  # no temps
+
+
+def test_numpy_integer_settings_reach_the_json_report_as_plain_numbers(synthetic_dir, tmp_path):
+    import numpy as np
+
+    from atspeed.rec.experiment import evaluate_run
+    from atspeed.rec.recommend import PRETRAINED
+
+    evaluate_run(synthetic_dir, PRETRAINED / "synthetic-target", ks=[1], methods=["tree"], users=np.int64(2),
+                 batch_size=np.int64(1), gamma=np.int64(3), out=tmp_path / "report", log=lambda _: None)
+    meta = json.loads((tmp_path / "report" / "results.json").read_text())["meta"]
+    assert (meta["users"], meta["batch_size"], meta["gamma"]) == (2, 1, 3)

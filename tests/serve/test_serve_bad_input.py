@@ -157,3 +157,30 @@ def test_a_failure_inside_the_service_is_a_500_of_the_same_shape_and_counted(rec
                                                                 "detail": "RuntimeError: decode broke"}
     assert 'atspeed_requests_total{path="/recommend",status="500"} 1.0' in metrics
     assert 'atspeed_errors_total{kind="internal"} 1.0' in metrics
+
+
+def shared_id_recommender():
+    """6 items, 4 distinct semantic IDs: at most 4 distinct items per list."""
+    from atspeed.rec.recipes import new_model
+    from atspeed.rec.recommend import build_recommender
+    from atspeed.rec.tokenizer import build_tokenizer
+
+    index = {0: ("<a_0>", "<b_0>"), 1: ("<a_0>", "<b_1>"), 2: ("<a_1>", "<b_0>"), 3: ("<a_1>", "<b_1>"),
+             4: ("<a_0>", "<b_0>"), 5: ("<a_0>", "<b_1>")}
+    tokenizer = build_tokenizer(index)
+    return build_recommender(new_model("tiny", tokenizer), tokenizer, index)
+
+
+def test_k_beyond_the_distinct_semantic_ids_gets_422_naming_them():
+    response = post_once(create_app(shared_id_recommender(), LIMITS), "/recommend", {"history": [1], "k": 5})
+    assert response.status_code == 422 and response.json()["error"] == "invalid_k", response.text
+    assert "distinct semantic IDs (4" in response.json()["detail"]
+
+
+def test_a_catalogue_with_fewer_ids_than_the_warm_up_k_starts_and_answers():
+    async def start_and_ask():
+        async with served(shared_id_recommender()) as client:
+            return await post(client, "/recommend", {"history": [1, 2], "k": 4})
+
+    response = asyncio.run(start_and_ask())
+    assert response.status_code == 200 and len(set(response.json()["items"])) == 4, response.text

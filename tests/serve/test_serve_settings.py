@@ -17,7 +17,8 @@ def test_the_defaults_pass():
 
 @pytest.mark.parametrize(("name", "value"), BELOW + [("port", 65536)], ids=str)
 def test_a_value_out_of_bounds_is_refused_naming_the_option(name, value):
-    with pytest.raises(ValueError, match=rf"^--{name.replace('_', '-')} must be (>=|between) .*got {value}\.$"):
+    option, kind = name.replace("_", "-"), "(an integer|a finite number)"
+    with pytest.raises(ValueError, match=rf"^--{option} must be {kind} (>=|between) .*got {value}\.$"):
         ServeConfig(**{name: value}).check()
 
 
@@ -37,5 +38,17 @@ def test_the_command_has_the_configs_default(name):
 @pytest.mark.parametrize("value", [float("inf"), float("nan"), 60_001.0])
 def test_a_batch_wait_without_a_sane_end_is_refused(value):
     """An infinite wait would hold a lone request until max_batch others arrive, maybe forever."""
-    with pytest.raises(ValueError, match=r"--max-wait-ms must be between 0 and 60000"):
+    with pytest.raises(ValueError, match=r"--max-wait-ms must be a finite number between 0 and 60000"):
         ServeConfig(max_wait_ms=value).check()
+
+
+@pytest.mark.parametrize(("name", "value"), [("max_batch", 2.5), ("max_batch", True), ("port", 80.5), ("threads", "2"),
+                                             ("max_k", [5]), ("cpus_per_replica", "1")], ids=str)
+def test_a_value_of_the_wrong_type_is_refused_naming_the_option(name, value):
+    """A float batch size would only fail inside the batcher, with the request left waiting."""
+    with pytest.raises(ValueError, match=rf"^--{name.replace('_', '-')} must be (an integer|a finite number) "):
+        ServeConfig(**{name: value}).check()
+
+
+def test_a_huge_integer_bound_is_a_value_not_a_crash():
+    ServeConfig(max_k=10**400).check()
