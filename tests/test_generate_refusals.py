@@ -134,6 +134,12 @@ def test_custom_generate_refuses_hfs_single_sequence_modes(gpt2, settings):
         gpt2.generate(**INPUTS, max_new_tokens=5, custom_generate=tree_attention_generate, **settings)
 
 
+def test_custom_generate_runs_what_hf_runs_when_penalty_alpha_does_not_make_contrastive_search(gpt2):
+    """With top_k = 1, HF's own generate() decodes greedily despite penalty_alpha: so does atspeed's."""
+    settings = dict(**INPUTS, max_new_tokens=5, penalty_alpha=0.6, top_k=1, do_sample=False)
+    assert torch.equal(gpt2.generate(**settings, custom_generate=tree_attention_generate), gpt2.generate(**settings))
+
+
 @ENTRY_POINTS
 def test_a_prefilled_cache_is_refused_not_ignored(gpt2, run):
     from transformers import DynamicCache

@@ -95,7 +95,7 @@ def tree_attention_generate(
     gc = generation_config
     if gc.num_beams == 1 and not always_beam:
         # contrastive search and DoLa: HF's own sampling loop here would run greedy search instead
-        if getattr(gc, "penalty_alpha", None) or getattr(gc, "dola_layers", None):
+        if gc.get_generation_mode() in ("contrastive_search", "dola_generation"):
             raise NotImplementedError(
                 "contrastive search (penalty_alpha) and DoLa (dola_layers) are not atspeed's: call generate() "
                 "without custom_generate=tree_attention_generate (atspeed's patch hands them to HF)."

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from atspeed.rec.data import EvalCase
 from atspeed.rec.metrics import evaluate
-from atspeed.rec.recommend import METHODS, SAMPLING, SPECULATIVE, Recommender, merge, recommend
+from atspeed.rec.recommend import METHODS, SAMPLING, SPECULATIVE, Recommender, check_k, merge, recommend
 
 EXACT = ("tree", "speculative")  # must reproduce the reference lists
 
@@ -76,6 +76,8 @@ def evaluate_decoding(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
+    for k in ks:  # every K before the first run, not after the runs of the K before it
+        check_k(k, rec.num_items, rec.num_ids)
     histories = [c.history for c in cases]
     truths = [c.truth for c in cases]
     reference = "hf" if "hf" in methods else "tree" if "tree" in methods else None

@@ -113,6 +113,14 @@ def test_no_users_is_an_error(rec):
         evaluate_decoding(rec, [], progress=False)
 
 
+def test_a_k_beyond_the_catalogue_is_refused_before_any_k_runs(rec, cases, monkeypatch):
+    import atspeed.rec.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "recommend", lambda *a, **kw: pytest.fail("decoded before checking every K"))
+    with pytest.raises(ValueError, match=rf"k must be between 1 and the number of items \({rec.num_items}\)"):
+        evaluate_decoding(rec, cases, ks=(2, rec.num_items + 1), progress=False)
+
+
 def test_an_unknown_method_is_an_error(rec, cases):
     with pytest.raises(ValueError, match="Unknown methods"):
         evaluate_decoding(rec, cases, methods=["beam"], progress=False)
