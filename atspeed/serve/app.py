@@ -184,7 +184,8 @@ def build_app(decoder: Decoder, catalogue: Catalogue, config: ServeConfig) -> Fa
         """Counters and histograms in Prometheus' text format."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    # innermost of the middlewares (added first), so that its refusal reaches the route as is
+    # added before _install_handlers' counting middleware, so inside it: the 413 it raises while the route
+    # reads the body is answered by the app's handler (error shape) and then counted like any answer
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     _install_handlers(app, config, metrics)
     return app
