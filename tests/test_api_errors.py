@@ -108,11 +108,12 @@ def test_zero_return_sequences_is_refused_by_speculative_decoding(pair):
                           num_return_sequences=0)
 
 
-@pytest.mark.parametrize("setting", ["num_return_sequences", "beam_size"])
-def test_a_bool_is_not_taken_for_a_count(pair, setting):
+@pytest.mark.parametrize(("setting", "named"), [("num_return_sequences", r"num_return_sequences"),
+                                               ("beam_size", r"num_beams \(beam_size\)")])
+def test_a_bool_is_not_taken_for_a_count(pair, setting, named):
     """True is an int to Python; as a count of beams it is a mistake, refused like 2.0 or "2"."""
     settings = dict(max_new_tokens=2, beam_size=2, num_return_sequences=1) | {setting: True}
-    with pytest.raises(ValueError, match=r"must be an integer >= 1, got True"):
+    with pytest.raises(ValueError, match=rf"^{named} must be an integer >= 1, got True"):
         beam_search_by_TreeAttn(pair[0], ids([5, 6, 7]), **settings)
 
 

@@ -291,14 +291,17 @@ def word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=words, pad_token="w0")
 
 
-@pytest.mark.parametrize("stop", [["w5"], ["w1"], ["w7 w9"]])
-@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize(("num_beams", "stop"), [(1, ["w5"]), (1, ["w1"]), (1, ["w13 w48"]),
+                                               (3, ["w5"]), (3, ["w1"]), (3, ["w6 w30"])])
 def test_stop_strings_stop_where_hf_stops(llama, word_tokenizer, stop, num_beams):
+    """Each stop string, one- or two-word, does stop HF's run early here; the patch stops where it does."""
     ids = torch.tensor([[33, 28, 34, 3, 60, 32]])
     settings = dict(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=num_beams, max_new_tokens=12,
-                    stop_strings=stop, tokenizer=word_tokenizer, pad_token_id=0, eos_token_id=None)
-    ref = hf_generate(llama, **settings)
-    assert torch.equal(replace_beam_search_with_TreeAttn(fresh_copy(llama)).generate(**settings), ref)
+                    pad_token_id=0, eos_token_id=None)
+    ref = hf_generate(llama, **settings, stop_strings=stop, tokenizer=word_tokenizer)
+    assert not torch.equal(ref, hf_generate(llama, **settings))  # the stop string fires
+    patched = replace_beam_search_with_TreeAttn(fresh_copy(llama))
+    assert torch.equal(patched.generate(**settings, stop_strings=stop, tokenizer=word_tokenizer), ref)
 
 
 @pytest.mark.parametrize("where", ["generation_config", "model_config"])

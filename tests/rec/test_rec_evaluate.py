@@ -162,4 +162,4 @@ def test_numpy_integer_settings_reach_the_json_report_as_plain_numbers(synthetic
     evaluate_run(synthetic_dir, PRETRAINED / "synthetic-target", ks=[1], methods=["tree"], users=np.int64(2),
                  batch_size=np.int64(1), gamma=np.int64(3), out=tmp_path / "report", log=lambda _: None)
     meta = json.loads((tmp_path / "report" / "results.json").read_text())["meta"]
-    assert (meta["users"], meta["batch_size"], meta["gamma"]) == (2, 1, 3)
+    assert (meta["users"], meta["batch_size"], meta["gamma"]) == (2, 1, 3)  # users: the count of cases decoded

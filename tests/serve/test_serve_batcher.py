@@ -125,8 +125,11 @@ def test_a_decode_with_too_few_rows_fails_its_requests_and_the_batcher_goes_on()
     assert asyncio.run(short_then_fine()).items == [2]
 
 
-def test_a_failing_on_batch_hook_answers_the_request_and_the_batcher_goes_on():
-    def broken_metrics(*_):
+def test_a_failing_on_batch_hook_answers_the_request_and_the_batcher_goes_on(caplog):
+    calls = []
+
+    def broken_metrics(*args):
+        calls.append(args)
         raise ValueError("metrics hiccup")
 
     async def two_requests():
@@ -137,6 +140,8 @@ def test_a_failing_on_batch_hook_answers_the_request_and_the_batcher_goes_on():
         return [a.items for a in answers]
 
     assert asyncio.run(two_requests()) == [[1], [2]]
+    assert len(calls) == 2  # one per batch: the requests came one after the other
+    assert [r.getMessage() for r in caplog.records].count("on_batch failed; the batcher goes on") == 2
 
 
 def test_a_request_whose_client_went_away_leaves_the_queue_and_is_not_decoded():
