@@ -260,6 +260,14 @@ def test_model_with_non_attention_layers_is_rejected():
         replace_beam_search_with_TreeAttn(model)
 
 
+def test_a_model_with_alibi_position_biases_is_rejected():
+    from transformers import FalconConfig, FalconForCausalLM
+
+    config = FalconConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, alibi=True)
+    with pytest.raises(UnsupportedModelError, match=r"FalconForCausalLM uses ALiBi position biases"):
+        replace_beam_search_with_TreeAttn(FalconForCausalLM(config))
+
+
 def test_module_without_generate_is_rejected():
     with pytest.raises(UnsupportedModelError, match="not a Hugging Face generative model"):
         replace_beam_search_with_TreeAttn(torch.nn.Linear(2, 2))

@@ -86,7 +86,39 @@ def test_a_model_in_training_mode_keeps_the_hf_forward():
 def test_a_model_with_forward_hooks_keeps_the_hf_forward():
     m = make_model()
     m.register_forward_pre_hook(lambda module, args: None)
-    assert lean_unsupported(m) == "the model has forward hooks, which only its own forward runs"
+    assert lean_unsupported(m) == "the model has forward hooks or a replaced forward, which only its own forward runs"
+
+
+def shift_layer_output(module, args, output):
+    return (output[0] + 0.7, *output[1:]) if isinstance(output, tuple) else output + 0.7
+
+
+@pytest.mark.parametrize("where", ["layer", "attention"])
+def test_a_hook_added_inside_the_model_after_a_decode_is_honoured(where):
+    """The lean forward calls a layer's and its attention's parts directly, so their hooks would not run:
+    a hook added there after the verdict was cached must still send the model to its own forward."""
+    m, inputs = make_model(seed=1, vocab_size=32), batch((5,), vocab_size=32)
+    generate_with_tree_attention(m, **inputs, **GEN)  # the lean verdict is cached for this model
+    layer = m.model.layers[0]
+    (layer if where == "layer" else layer.self_attn).register_forward_hook(shift_layer_output)
+    assert lean_unsupported(m).startswith(f"model.layers.0{'' if where == 'layer' else '.self_attn'} has forward hooks")
+    ref = m.generate(**inputs, **{k: v for k, v in GEN.items() if k != "always_beam"})
+    assert torch.equal(generate_with_tree_attention(m, **inputs, **GEN).sequences, ref.sequences)
+
+
+def test_a_replaced_layer_forward_keeps_the_hf_forward():
+    m = make_model()
+    layer = m.model.layers[0]
+    layer.forward = layer.forward  # an instance attribute, as accelerate's hooks and patches set it
+    assert lean_unsupported(m).startswith("model.layers.0 has forward hooks or a replaced forward")
+
+
+def test_a_global_forward_hook_keeps_the_hf_forward():
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, output: None)
+    try:
+        assert lean_unsupported(make_model()).startswith("global forward hooks")
+    finally:
+        handle.remove()
 
 
 def test_a_lean_forward_that_disagrees_with_hf_is_not_used(monkeypatch):

@@ -10,7 +10,7 @@ from atspeed import UnsupportedModelError
 from atspeed.beamsd import beam_search_by_SD
 from atspeed.decoding.speculative import DraftSchedule
 from helpers import left_pad, make_model, random_prompts
-from spec_helpers import fresh, model_pair, run_sd
+from spec_helpers import assert_lossless, fresh, model_pair, run_sd
 
 SETTINGS = dict(K=2, N=4, gamma=2, max_new_tokens=4)
 
@@ -177,3 +177,37 @@ def test_speculative_generate_without_its_draft_settings_says_what_to_bind():
     target = make_model("llama", seed=0)
     with pytest.raises(ValueError, match="speculative_generate needs draft_model, draft_beams, schedule"):
         target.generate(**batch((4,)), max_new_tokens=2, num_beams=2, custom_generate=speculative_generate)
+
+
+def longrope_model(original_max_positions: int) -> torch.nn.Module:
+    """A Llama whose rotary frequencies switch to long factors past `original_max_positions` tokens."""
+    import transformers
+
+    rope = dict(rope_type="longrope", short_factor=[1.0] * 4, long_factor=[4.0, 5.0, 6.0, 7.0])
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        rope |= dict(rope_theta=1e4, original_max_position_embeddings=original_max_positions)
+        return make_model(seed=3, max_positions=64, rope_parameters=rope)
+    return make_model(seed=3, max_positions=64, rope_scaling=rope,
+                      original_max_position_embeddings=original_max_positions)
+
+
+def test_a_longrope_model_whose_drafted_nodes_would_cross_its_switch_is_refused():
+    """Drafted nodes run gamma positions ahead: they would switch the frequencies before HF does."""
+    model = longrope_model(original_max_positions=8)
+    with pytest.raises(NotImplementedError, match=r"longrope\) changes its frequencies past 8 tokens"):
+        run_sd(model, fresh(model), prompt(5), K=2, N=4, gamma=2, max_new_tokens=2)
+
+
+def test_a_longrope_model_within_its_switch_is_lossless():
+    model = longrope_model(original_max_positions=16)
+    assert_lossless(model, fresh(model), prompt(5), K=2, N=4, gamma=2, max_new_tokens=6)
+
+
+def test_tree_attention_on_a_longrope_model_switches_where_hf_does():
+    """What the refusal recommends: a tree step's nodes share one position, so its forwards switch with HF's."""
+    from atspeed.beamsd import beam_search_by_TreeAttn
+
+    model, inputs = longrope_model(original_max_positions=8), prompt(5)
+    ref = model.generate(**inputs, max_new_tokens=6, num_beams=3, num_return_sequences=3, pad_token_id=0)
+    out = beam_search_by_TreeAttn(model, inputs, max_new_tokens=6, beam_size=3)
+    assert torch.equal(out["beam_sequences"], ref)

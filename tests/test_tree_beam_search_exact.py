@@ -88,8 +88,11 @@ def test_num_beams_equal_to_vocab_size_matches_hf():
 
 
 @pytest.mark.parametrize("lengths", [(5,), (7, 3)], ids=["one_prompt", "padded_batch"])
-def test_beam_size_one_function_api_equals_hf_greedy(lengths):
+def test_beam_size_one_function_api_without_eos_equals_hf_greedy(lengths):
+    """generate(num_beams=1) is greedy search; the function API's beam_size=1 is a 1-beam beam search
+    (HF's beam-search semantics), which equals greedy where no EOS ends a hypothesis early."""
     m, inputs = model(), prompts(lengths)
+    assert m.generation_config.eos_token_id is None
     greedy = hf_generate(m, **inputs, max_new_tokens=12, num_beams=1, do_sample=False, return_dict_in_generate=True,
                          output_logits=True)
     out = beam_search_by_TreeAttn(m, inputs, max_new_tokens=12, beam_size=1)

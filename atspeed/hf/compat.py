@@ -102,6 +102,24 @@ def make_tokenizer_portable(folder: str | os.PathLike) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def rope_switch_length(model: torch.nn.Module) -> int | None:
+    """The sequence length past which the model's rotary frequencies change (longrope switches to its
+    long factors), or None. HF picks them per forward call from that call's largest position, so a
+    forward that runs ahead of the sequence (drafted nodes) may switch earlier than beam search does.
+    4.57 keeps the threshold on the config (`original_max_position_embeddings`, else the maximum
+    positions); 5.x in `rope_parameters`, per layer type for some models."""
+    cfg = model.config.get_text_config()
+    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    one = "rope_type" in params or "type" in params
+    groups = [params] if one else [p for p in params.values() if isinstance(p, dict)]  # per layer type
+    lengths = [
+        getattr(cfg, "original_max_position_embeddings", None) or p.get("original_max_position_embeddings")
+        or cfg.max_position_embeddings
+        for p in groups if p.get("rope_type", p.get("type")) == "longrope"
+    ]
+    return min(lengths) if lengths else None
+
+
 # -- HF private generation API, in one place ----------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Iterator
 
 import torch
+from torch.nn.modules import module as torch_module
 from transformers.cache_utils import Cache
 
 from atspeed.decoding.tree import additive_mask, prompt_inputs
@@ -128,10 +129,13 @@ def _state_unsupported(model: torch.nn.Module) -> str | None:
         return "the HF forward was asked for (hf_forward())"
     if model.training:
         return "the model is in training mode (dropout)"
-    body = getattr(model, "model", None)
-    hooked = [m for m in (model, body) if m is not None and (m._forward_hooks or m._forward_pre_hooks)]
-    if hooked or hasattr(model, "_hf_hook"):
-        return "the model has forward hooks, which only its own forward runs"
+    # the lean forward calls some modules' parts directly (a layer's, its attention's): any hook or
+    # replaced forward anywhere in the model, or a global hook, is left to the model's own forward
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return "global forward hooks are registered, which only the model's own forward runs"
+    for name, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) or hasattr(m, "_hf_hook"):
+            return f"{name or 'the model'} has forward hooks or a replaced forward, which only its own forward runs"
     return None
 
 

@@ -43,6 +43,11 @@ def check_tree_support(model: torch.nn.Module) -> None:
             f"{name} uses attn_implementation={impl!r}, which cannot take a custom 4D attention mask; load it "
             f"with attn_implementation='sdpa' or 'eager'."
         )
+    if getattr(config.get_text_config(), "alibi", False):
+        raise UnsupportedModelError(
+            f"{name} uses ALiBi position biases, which its attention builds from the key positions of a "
+            "sequence, not from a tree's position ids; tree attention supports rotary and learned positions."
+        )
     layer_types = getattr(config.get_text_config(), "layer_types", None) or []
     odd = sorted({t for t in layer_types if any(h in str(t) for h in _NON_ATTENTION_LAYER_HINTS)})
     if odd:

@@ -104,6 +104,15 @@ def speculative_generate(
     limit = positions_exceeded(draft_model, longest)
     if limit is not None:
         raise ValueError(f"prompt + max_new_tokens exceeds the draft's maximum positions ({limit}).")
+    for role, m in (("target", model), ("draft", draft_model)):
+        switch = compat.rope_switch_length(m)
+        if switch is not None and longest + schedule.max_gamma > switch:
+            raise NotImplementedError(
+                f"the {role}'s rotary embedding (longrope) changes its frequencies past {switch} tokens, and "
+                f"speculative decoding runs drafted nodes up to {schedule.max_gamma} positions ahead, so it would "
+                f"switch before beam search does: keep prompt + max_new_tokens + gamma within {switch} tokens, "
+                "or use tree attention (beam_search_by_TreeAttn), which switches where HF does."
+            )
 
     draft_gc = copy.deepcopy(gc)
     draft_gc.num_beams = draft_beams
