@@ -88,6 +88,15 @@ def test_excluding_history_drops_items_older_than_a_cases_recent_history():
     assert popularity_lists(ds, cases, 2, exclude_history=True) == [[1, 4], [1, 4]]
 
 
+@pytest.mark.parametrize("exclude_history", [False, True])
+def test_counting_the_split_the_cases_hold_out_is_refused(exclude_history):
+    """The default splits (train + valid) on validation cases would count the answers as popular, or
+    exclude them as history: recall 0 or inflated, silently."""
+    ds = toy()
+    with pytest.raises(ValueError, match=r"include 'valid', the split these cases hold out"):
+        popularity_lists(ds, eval_cases(ds, "valid"), 2, exclude_history=exclude_history)
+
+
 def test_lists_score_with_the_shared_metric_code():
     ds = toy()
     cases = eval_cases(ds, "valid")  # user 1 truth {0}, user 2 truth {3}
