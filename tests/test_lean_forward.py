@@ -106,10 +106,11 @@ def test_a_hook_added_inside_the_model_after_a_decode_is_honoured(where):
     assert torch.equal(generate_with_tree_attention(m, **inputs, **GEN).sequences, ref.sequences)
 
 
-def test_a_replaced_layer_forward_keeps_the_hf_forward():
+@pytest.mark.parametrize("attribute", ["forward", "_hf_hook"])
+def test_a_replaced_layer_forward_keeps_the_hf_forward(attribute):
     m = make_model()
     layer = m.model.layers[0]
-    layer.forward = layer.forward  # an instance attribute, as accelerate's hooks and patches set it
+    setattr(layer, attribute, layer.forward)  # instance attributes, as accelerate's hooks and patches set them
     assert lean_unsupported(m).startswith("model.layers.0 has forward hooks or a replaced forward")
 
 

@@ -134,7 +134,8 @@ def _state_unsupported(model: torch.nn.Module) -> str | None:
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return "global forward hooks are registered, which only the model's own forward runs"
     for name, m in model.named_modules():
-        if m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) or hasattr(m, "_hf_hook"):
+        own = vars(m)  # accelerate's hooks set both of these on the instance
+        if m._forward_hooks or m._forward_pre_hooks or "forward" in own or "_hf_hook" in own:
             return f"{name or 'the model'} has forward hooks or a replaced forward, which only its own forward runs"
     return None
 
