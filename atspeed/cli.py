@@ -512,6 +512,9 @@ def teacher(data_dir: Path, target: Path, out: Path, k: int, batch_size: int, ch
 @click.option("--top-k", "top_k", type=click.IntRange(min=1), default=20, show_default=True,
               help="AtSpeed-S: the draft's top-k set")
 @click.option("--temperature", type=FINITE_POSITIVE, default=1.0, show_default=True)
+@click.option("--renormalize/--no-renormalize", default=True, show_default=True,
+              help="AtSpeed-S: renormalise both distributions over the draft's top-k set (no: read the full "
+                   "probabilities there, the paper code's default)")
 @click.option("--mask-to-valid/--no-mask-to-valid", default=True, show_default=True,
               help="compare distributions over the tokens a valid item may take")
 @click.option("--teacher-beams", type=click.IntRange(min=1), default=20, show_default=True,

@@ -138,11 +138,13 @@ def atspeed_s_terms(
     RKLD = KL(q_S || p_S): reverse KL is mode-seeking, it pulls the draft's top-k onto the target's.
     REG = p_S(s_K) * H(q_S): the draft's entropy over S weighted (no gradient) by the target's
     probability of the draft's K-th ranked token (the paper's density regularisation).
-    renormalize=True: q_S, p_S = softmax(logits / temperature) over S only (paper's StrictKDModel).
+    renormalize=True (atspeed's default): q_S, p_S = softmax(logits / temperature) over S only, the
+    probabilities renormalised over S; the loss then ignores how much mass each model puts on S.
     renormalize=False: q_S, p_S = the full (allowed-renormalised) probabilities read on S, not
-    summing to 1. p_S(s_K) in REG is the same p_S as in RKLD (as the paper's code).
-    Both match the paper's loss_strict. Its trainer also has a variant that softmaxes the top-k
-    *probabilities* divided by a temperature; here temperature always divides the logits.
+    summing to 1: the paper code's default (AtSpeedSModel.loss_strict without constrained_softmax).
+    p_S(s_K) in REG is the same p_S as in RKLD (as the paper's code). The paper's other variant,
+    constrained_softmax (a softmax of the top-k *probabilities* divided by a temperature; its train.sh
+    uses T = 0.001), is not implemented: here temperature always divides the logits.
     """
     _check_inputs(draft_logits, target_logits, mask, allowed, temperature)
     if top_k < 1:

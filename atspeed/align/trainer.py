@@ -79,6 +79,7 @@ class AlignConfig:
     method: str = "atspeed-s"  # one of METHODS
     alpha: float = 0.7  # weight of L_align; 1 - alpha weighs L_rec
     top_k: int = 20  # AtSpeed-S: size of the draft's top-k set S
+    renormalize: bool = True  # AtSpeed-S: distributions renormalised over S (False: the paper code's default)
     temperature: float = 1.0
     mask_to_valid: bool = True  # compare distributions over the trie's valid tokens only
     teacher_beams: int = 20  # train on the target's top teacher_beams items (<= teacher K)
@@ -258,7 +259,7 @@ def batch_loss(
             else:
                 target_logits = cached.read(trie, rows.prompt_index[rows.prompt_of[on]], items, allowed)
         mask = torch.ones(items.shape, dtype=torch.bool, device=items.device)  # [N, L]: every item token counts
-        extra = {"top_k": cfg.top_k} if cfg.method == "atspeed-s" else {}
+        extra = {"top_k": cfg.top_k, "renormalize": cfg.renormalize} if cfg.method == "atspeed-s" else {}
         align = ALIGN_LOSSES[cfg.method](logits[on, :L], target_logits, mask,
                                          temperature=cfg.temperature, allowed=allowed, **extra)
     return combine(rec, align, cfg.alpha), {"rec": rec.item(), "align": align.item()}

@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from atspeed.align import trainer
-from atspeed.align.losses import rec_loss
+from atspeed.align.losses import atspeed_s_loss, rec_loss
+from atspeed.align.rows import answer_allowed, answer_logits
 from atspeed.align.trainer import (
     METHODS,
     AlignConfig,
@@ -70,6 +71,23 @@ def test_atspeed_s_loss_decreases_on_a_repeated_batch(target, draft, rec, datase
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_atspeed_s_trains_on_the_chosen_renormalization(renormalize, target, draft, rec, dataset, teacher):
+    """renormalize=False is the paper code's default AtSpeed-S (the full probabilities read on S)."""
+    rows = batch_rows(rec.vocab, a_batch(dataset, teacher))
+    cfg = config(alpha=1.0, renormalize=renormalize)
+    _, parts = batch_loss(draft, target, rows, cfg, rec.trie)
+    on = slice(rows.n_gt, None)
+    L = rec.trie.id_length
+    items = rows.answers[on, :L]
+    with torch.no_grad():
+        draft_logits, target_logits = (answer_logits(m, rows)[on, :L] for m in (draft, target))
+    expected = atspeed_s_loss(draft_logits, target_logits, torch.ones(items.shape, dtype=torch.bool),
+                              top_k=cfg.top_k, allowed=answer_allowed(rec.trie, items, draft_logits.shape[-1]),
+                              renormalize=renormalize)
+    assert parts["align"] == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_alpha_zero_is_the_plain_rec_loss(target, draft, rec, dataset, teacher):
