@@ -20,8 +20,13 @@ def check_int(name: str, value: object, least: int = 1, bound: str | None = None
     return int(value)
 
 
+def is_finite_number(x: object) -> bool:
+    """A finite real number (Python's or numpy's), and not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def check_positive(name: str, value: object) -> float:
     """`value` as a float if it is a finite number > 0 (a learning rate, say), else a ValueError naming `name`."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not (math.isfinite(value) and value > 0):
+    if not (is_finite_number(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
     return float(value)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
-from atspeed.decoding.checks import is_int
+from atspeed.decoding.checks import is_finite_number, is_int
 
 SERVE_METHODS = ("tree", "speculative", "hf")  # exact beam search: the same list for the same history
 SERVE_ENGINES = ("local", "ray")  # uvicorn in this process, or Ray Serve replicas
@@ -62,11 +60,8 @@ class ServeConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            if kind is int:
-                right_type, what = is_int(value), "an integer"
-            else:
-                right_type = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-                what = "a finite number"
+            is_kind, what = (is_int, "an integer") if kind is int else (is_finite_number, "a finite number")
+            right_type = is_kind(value)
             if not (right_type and least <= value and (most is None or value <= most)):
                 span = f">= {least}" if most is None else f"between {least} and {most}"
                 raise ValueError(f"--{name.replace('_', '-')} must be {what} {span}, got {value!r}.")
