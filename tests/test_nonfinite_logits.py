@@ -10,7 +10,7 @@ import torch
 from helpers import batch, fresh_copy, make_model
 
 from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
-from atspeed.decoding.tree_search import NonFiniteLogitsError
+from atspeed.decoding.tree_search import NonFiniteLogitsError, all_finite
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,3 +48,20 @@ def test_non_finite_logits_error_is_a_value_error():
 def test_healthy_model_decodes_without_error():
     out = beam_search_by_TreeAttn(healthy(), batch((5, 3)), max_new_tokens=4, beam_size=3)
     assert torch.isfinite(out["beam_scores"]).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("at", [0, 1, 777, 4095])
+def test_one_non_finite_logit_anywhere_is_found(bad, at):
+    logits = torch.randn(4096)
+    logits[at] = bad
+    assert not all_finite(logits)
+
+
+def test_huge_finite_logits_are_finite():
+    """Where a sum would overflow to inf, min and max stay finite."""
+    assert all_finite(torch.full((8, 1300), 3e38))
+
+
+def test_no_logits_are_all_finite():
+    assert all_finite(torch.empty(0, 1300))

@@ -56,6 +56,15 @@ class NonFiniteLogitsError(ValueError):
     return garbage sequences here without a word)."""
 
 
+def all_finite(t: torch.Tensor) -> torch.Tensor:
+    """[] bool: is every element of `t` finite? Its min and max are (both propagate NaN, and an inf
+    is one of them): two reductions, where isfinite().all() writes and reads a bool copy of `t`,
+    which at B = 16, K = 256 cost about a fifth of a CPU decode."""
+    if t.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    return torch.isfinite(torch.stack(torch.aminmax(t))).all()
+
+
 class FiniteWatch:
     """The first decode step whose raw logits were not all finite, kept on the device (no host sync
     per step); `check()` reads it once, after the decode."""
@@ -67,7 +76,7 @@ class FiniteWatch:
 
     def update(self, *logits: torch.Tensor) -> None:
         self.count += 1
-        bad = ~torch.stack([torch.isfinite(t).all() for t in logits]).all()
+        bad = ~torch.stack([all_finite(t) for t in logits]).all()
         first = self.first if self.first is not None else torch.full((), -1, device=bad.device)
         self.first = torch.where(bad & (first < 0), self.count, first)
 
