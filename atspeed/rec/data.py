@@ -176,11 +176,6 @@ def load_split(path: str | os.PathLike, num_items: int) -> Sequences:
     return seqs
 
 
-def count_items(root: str | os.PathLike, *, allow_duplicate_ids: bool = False) -> int:
-    """The number of items in the catalogue of dataset folder `root` (its index, checked)."""
-    return len(load_index(find_index_file(root), allow_duplicate_ids=allow_duplicate_ids))
-
-
 def count_ids(index: Mapping[int, SemanticID]) -> int:
     """The distinct semantic IDs of a catalogue: the most items one top-K list can hold (items that
     share an ID are one beam; see load_index's allow_duplicate_ids)."""
