@@ -258,15 +258,19 @@ def count_all(args, rec: Recommender, drafts: dict[str, torch.nn.Module], cases,
     folder = args.count_cache or args.out / "eval-all"
     runs = [(k, name, verification) for k in args.ks
             for name, verification in [("-", "tree")] + [(d, v) for d in drafts for v in VERIFICATIONS]]
+    # counted in order of cost (the tree path, then strict runs, batched, then relaxed ones, one user at
+    # a time), so that an interrupted count has whole verifications done; reported per K as listed
+    order = sorted(runs, key=lambda run: ("tree", *VERIFICATIONS).index(run[2]))
     counted = {}
-    for k, name, verification in tqdm(runs[shard[0] :: shard[1]], desc="count (all users)", unit="run"):
+    for k, name, verification in tqdm(order[shard[0] :: shard[1]], desc="count (all users)", unit="run"):
         with_draft = rec if name == "-" else replace(rec, draft=drafts[name].eval())
         method = "tree" if name == "-" else VERIFICATIONS[verification]
         counted[(k, name, verification)] = count_run(with_draft, histories, k, method, args, folder, cached_only)
     if shard[1] > 1:
         return None
     rows: list[dict] = []
-    for (k, name, verification), r in counted.items():  # per K, the tree path comes first
+    for k, name, verification in runs:  # per K, the tree path comes first
+        r = counted[(k, name, verification)]
         if name == "-":
             ref = r
             q_ref = None if r is None else evaluate(r["items"], truths, ks=[k])

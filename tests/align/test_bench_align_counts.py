@@ -134,3 +134,22 @@ def test_count_only_is_refused_where_it_would_be_wasted_or_race(extra, message, 
     with pytest.raises(SystemExit):
         bench.main()
     assert message in capsys.readouterr().err
+
+
+def test_runs_are_counted_tree_then_strict_then_relaxed_and_reported_per_k(bench, rec, draft, monkeypatch):
+    """An interrupted count has whole verifications done (the cheap ones first); the rows keep their order."""
+    calls = []
+
+    def count_run(rec, histories, k, method, args, folder, cached_only):
+        calls.append((k, method))
+        return {"accepted": 3, "rounds": 2, "items": [[0]]}
+
+    monkeypatch.setattr(bench, "count_run", count_run)
+    monkeypatch.setattr(bench, "quality", lambda *a: {})
+    monkeypatch.setattr(bench, "evaluate", lambda *a, **k: None)
+    args = SimpleNamespace(ks=[1, 3], count_cache="unused", out=None)
+    rows = bench.count_all(args, rec, {"a": draft}, [SimpleNamespace(history=[1], truth=2)])
+    assert [method for _, method in calls] == ["tree", "tree", "speculative", "speculative", "speculative-relaxed",
+                                               "speculative-relaxed"]
+    assert [(r["k"], r["verification"]) for r in rows] == [(1, "strict"), (1, "relaxed"), (3, "strict"),
+                                                           (3, "relaxed")]
