@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from atspeed.files import write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, also when imported by the tests
 
-from align_seeds import leader, mean_sd  # noqa: E402
+from align_seeds import leader, mean_sd, validation_lines  # noqa: E402
 
 LEVELS = "accepted_levels_per_round"
 
@@ -82,17 +81,8 @@ def report(counts: list[tuple[int, dict]], training: list[dict], paths: list[Pat
                                                if left_out else ""))
         lines.append("")
     if training:
-        methods = list(training[0]["methods"])
-        lines += ["## Validation acceptance during training (strict, last check, mean ± sd)", "",
-                  "| method | " + " | ".join(f"seed {i}" for i in range(len(training))) + " | mean ± sd |",
-                  "|---|" + "---|" * (len(training) + 1)]
-        for method in methods:
-            last = [t["methods"][method]["history"][-1]["acceptance"] for t in training]
-            start = statistics.fmean(t["methods"][method]["history"][0]["acceptance"] for t in training)
-            m, s = mean_sd(last)
-            lines.append(f"| {method} | " + " | ".join(f"{v:.3f}" for v in last)
-                         + f" | {m:.3f} ± {s:.3f} (start {start:.3f}) |")
-        lines.append("")
+        trainings = [t["methods"] for t in training]
+        lines += validation_lines(trainings, [next(iter(t.values()))["config"]["seed"] for t in trainings]) + [""]
     return "\n".join(lines)
 
 
@@ -100,7 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("counts", type=Path, nargs="+", help="bench_align.py --count-progress outputs, one per seed")
     ap.add_argument("--training", type=Path, nargs="*", default=[],
-                    help="training records (JSON with 'methods' -> method -> 'history'), in seed order")
+                    help="training records (JSON: 'methods' -> method -> its 'history' and 'config' with the seed)")
     ap.add_argument("--out", type=Path, default=None, help="write OUT.md (and print)")
     args = ap.parse_args()
     counts = [read_counts(p) for p in args.counts]

@@ -65,6 +65,21 @@ def leader(cells: dict[str, dict[str, list[float]]]) -> str:
     return f"{first} ({m1:.3f}) over {second} ({m2:.3f}): " + ("beyond the spread" if clear else "within the spread")
 
 
+def validation_lines(trainings: list[dict], seeds: list[int]) -> list[str]:
+    """The validation acceptance at each method's last check, one column per seed, with its mean ± sd and
+    the mean at step 0. trainings[i]: method -> training record (with 'history') of seeds[i]."""
+    lines = ["## Validation acceptance during training (strict, last check, mean ± sd)", "",
+             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for method in trainings[0]:
+        last = [t[method]["history"][-1]["acceptance"] for t in trainings]
+        start = [t[method]["history"][0]["acceptance"] for t in trainings]
+        m, s = mean_sd(last)
+        lines.append(f"| {method} | " + " | ".join(f"{v:.3f}" for v in last) + f" | {m:.3f} ± {s:.3f} "
+                     f"(start {statistics.fmean(start):.3f}) |")
+    return lines
+
+
 PER_RUN = ("seed", "out", "results_dir", "threads")  # settings that may differ between the runs
 
 
@@ -103,15 +118,7 @@ def report(runs: list[dict], paths: list[Path]) -> str:
             at_k = {d: cells[(verification, k, d)] for d in drafts if (verification, k, d) in cells}
             lines.append(f"- K={k}: {leader(at_k)}")
         lines.append("")
-    lines += ["## Validation acceptance during training (strict, last check, mean ± sd)", "",
-              "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
-              "|---|" + "---|" * (len(seeds) + 1)]
-    for method in first["training"]:
-        last = [r["training"][method]["history"][-1]["acceptance"] for r in runs]
-        start = [r["training"][method]["history"][0]["acceptance"] for r in runs]
-        m, s = mean_sd(last)
-        lines.append(f"| {method} | " + " | ".join(f"{v:.3f}" for v in last) + f" | {m:.3f} ± {s:.3f} "
-                     f"(start {statistics.fmean(start):.3f}) |")
+    lines += validation_lines([r["training"] for r in runs], seeds)
     return "\n".join(lines) + "\n"
 
 
