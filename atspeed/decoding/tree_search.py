@@ -58,8 +58,8 @@ class NonFiniteLogitsError(ValueError):
 
 def all_finite(t: torch.Tensor) -> torch.Tensor:
     """[] bool: is every element of `t` finite? Its min and max are (both propagate NaN, and an inf
-    is one of them): two reductions, where isfinite().all() writes and reads a bool copy of `t`,
-    which at B = 16, K = 256 cost about a fifth of a CPU decode."""
+    is one of them): two reductions, where isfinite().all() writes and reads a bool copy of `t`
+    (B = 16, K = 256 logits [4096, 1300] on one CPU thread: ~1.5 ms instead of 17.9 ms per step)."""
     if t.numel() == 0:
         return torch.ones((), dtype=torch.bool, device=t.device)
     return torch.isfinite(torch.stack(torch.aminmax(t))).all()
