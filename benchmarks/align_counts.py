@@ -93,6 +93,9 @@ def main() -> None:
                     help="training records (JSON: 'methods' -> method -> its 'history' and 'config' with the seed)")
     ap.add_argument("--out", type=Path, default=None, help="write OUT.md (and print)")
     args = ap.parse_args()
+    missing = [str(p) for p in (*args.counts, *args.training) if not p.is_file()]
+    if missing:
+        ap.error(f"no such file: {', '.join(missing)}")
     counts = [read_counts(p) for p in args.counts]
     if len({s for s, _ in counts}) != len(counts):
         raise SystemExit("two count tables come from the same seed")

@@ -50,3 +50,10 @@ def test_a_table_without_a_seed_is_refused(counts, tmp_path):
     path.write_text("| draft | strict K=1 |\n|---|---|\n| a | 1.0 |\n")
     with pytest.raises(SystemExit, match="--seed"):
         counts.read_counts(path)
+
+
+def test_a_missing_file_is_one_error_line(counts, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["align_counts.py", str(tmp_path / "seed0-counts.md")])
+    with pytest.raises(SystemExit):
+        counts.main()
+    assert "no such file: " in capsys.readouterr().err
