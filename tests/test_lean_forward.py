@@ -161,3 +161,22 @@ def test_a_decode_plan_is_kept_per_forward_kind():
         hf_out = planned_beam_search(m, inputs["input_ids"], inputs["attention_mask"], **plan)
     assert hf_out.stats["new_plan"] and hf_out.stats["forward"].startswith("hf:")
     assert lean_out.stats["forward"] == "lean" and torch.equal(lean_out.sequences, hf_out.sequences)
+
+
+class PlainMLP(torch.nn.Module):
+    """An MLP without HF's gate/up/down parts: the lean forward cannot call it by parts."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(hidden, hidden)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_a_model_whose_mlp_is_not_gated_keeps_the_hf_forward():
+    m = make_model()
+    m.model.layers[0].mlp = PlainMLP(m.config.hidden_size)
+    assert lean_unsupported(m).startswith("PlainMLP is not a gated MLP")
+    lm = tree_lm(m)
+    assert lm.lean_forward is None and lm.forward_kind.startswith("hf: PlainMLP is not a gated MLP")

@@ -10,7 +10,7 @@ import torch
 from helpers import batch, fresh_copy, make_model
 
 from atspeed.beamsd import beam_search_by_SD, beam_search_by_TreeAttn
-from atspeed.decoding.tree_search import NonFiniteLogitsError, all_finite
+from atspeed.decoding.tree_search import FiniteWatch, NonFiniteLogitsError, all_finite
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,3 +65,18 @@ def test_huge_finite_logits_are_finite():
 
 def test_no_logits_are_all_finite():
     assert all_finite(torch.empty(0, 1300))
+
+
+def test_the_watch_names_the_first_step_whose_logits_were_not_finite():
+    watch = FiniteWatch("round")
+    for bad in (False, False, True, False, True):
+        watch.update(torch.randn(3, 5), torch.full((2,), float("nan") if bad else 0.0))
+    with pytest.raises(NonFiniteLogitsError, match="at round 3 of the decode"):
+        watch.check()
+
+
+def test_a_watch_of_finite_steps_or_of_none_passes():
+    watch = FiniteWatch()
+    watch.check()
+    watch.update(torch.randn(4, 5))
+    watch.check()

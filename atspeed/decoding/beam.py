@@ -89,10 +89,10 @@ def init_beams(prompt_ids: torch.Tensor, cfg: BeamConfig, fill_value: int, per_r
 
 
 def gather_beams(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """(HF: _gather_beams) t[b, idx[b, j], ...] for every b, j."""
-    while idx.dim() < t.dim():
-        idx = idx.unsqueeze(-1)
-    return torch.take_along_dim(t, idx, dim=1)
+    """(HF: _gather_beams) t[b, idx[b, j], ...] for every b, j. By advanced indexing, which copies
+    whole rows: HF's take_along_dim broadcasts the index over every element and wraps it with a
+    remainder (CPU, visibility rows [16, 256, 852]: 8.6 ms against 0.14 ms)."""
+    return t[torch.arange(t.shape[0], device=idx.device)[:, None], idx]
 
 
 def put_at(t: torch.Tensor, index: int | torch.Tensor, values: torch.Tensor) -> None:

@@ -66,24 +66,25 @@ def all_finite(t: torch.Tensor) -> torch.Tensor:
 
 
 class FiniteWatch:
-    """The first decode step whose raw logits were not all finite, kept on the device (no host sync
-    per step); `check()` reads it once, after the decode."""
+    """Whether each decode step's raw logits were all finite, one [] bool per step kept on the
+    device (no host sync per step); `check()` reads them once, after the decode."""
 
     def __init__(self, what: str = "step"):
         self.what = what
-        self.first: torch.Tensor | None = None  # [] int64, -1 while every step was finite
-        self.count = 0
+        self.steps: list[torch.Tensor] = []
 
     def update(self, *logits: torch.Tensor) -> None:
-        self.count += 1
-        bad = ~torch.stack([all_finite(t) for t in logits]).all()
-        first = self.first if self.first is not None else torch.full((), -1, device=bad.device)
-        self.first = torch.where(bad & (first < 0), self.count, first)
+        flags = [all_finite(t) for t in logits]
+        self.steps.append(flags[0] if len(flags) == 1 else torch.stack(flags).all())
 
     def check(self) -> None:
-        if self.first is not None and int(self.first) >= 0:
+        if not self.steps:
+            return
+        bad = ~torch.stack(self.steps)
+        if bool(bad.any()):
+            first = int(bad.int().argmax()) + 1
             raise NonFiniteLogitsError(
-                f"non-finite logits (NaN or inf) at {self.what} {int(self.first)} of the decode: the model's weights "
+                f"non-finite logits (NaN or inf) at {self.what} {first} of the decode: the model's weights "
                 "or inputs are broken."
             )
 
