@@ -52,6 +52,18 @@ def test_lean_logits_equal_the_hf_forward_bit_for_bit(arch, dtype):
             assert torch.equal(ours, theirs)
 
 
+
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_lean_logits_equal_the_hf_forward_with_any_mlp_activation(act):
+    """SiLU runs in place; any other activation is called as HF calls it."""
+    m, inputs = make_model(hidden_act=act), batch((9, 5, 7))
+    slots = num_slots(9, 3, 2)
+    with torch.inference_mode():
+        lean_lm, hf_lm = slot_lm(m, slots), TreeLM(m, SlotCache(slots))
+        assert lean_lm.forward_kind == "lean"
+        for ours, theirs in zip(feed_tree(lean_lm, inputs), feed_tree(hf_lm, inputs)):
+            assert torch.equal(ours, theirs)
+
 @pytest.mark.parametrize("arch", LLAMA_FAMILY)
 def test_llama_family_models_decode_on_the_lean_forward(arch):
     out = generate_with_tree_attention(make_model(arch), **batch((6, 4)), **GEN)

@@ -4,7 +4,7 @@ A decode of a few tokens is dominated by per-forward overhead, not math: on the 
 model an HF forward of one token costs ~1.8x its matrix products (mask preprocessing, output
 capture, keyword plumbing through every layer). `lean_forward` runs the same computation directly:
 the embedding and rotary tables, then per layer the HF norm modules, the MLP's projections and
-activation (their product written in place), the q/k/v/o projections, HF's `apply_rotary_pos_emb`
+activation (the activation and the product written in place), the q/k/v/o projections, HF's `apply_rotary_pos_emb`
 and HF's attention function, with keys and values going through the cache's own `update` (the
 engine's slots or the dynamic path's growing cache). Every operation is the one HF calls, on the
 same shapes, so the logits are bit-identical;
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import torch
 from torch.nn.modules import module as torch_module
+from transformers import activations
 from transformers.cache_utils import Cache
 
 from atspeed.decoding.tree import additive_mask, prompt_inputs
@@ -66,10 +67,14 @@ def lean_forward(
     return model.lm_head(hidden).float()
 
 
+_SILU_FORWARDS = {torch.nn.SiLU.forward, getattr(activations, "SiLUActivation", torch.nn.SiLU).forward}
+
+
 def mlp(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """HF's gated MLP, down(act(gate(x)) * up(x)), with the product written over the activation's
-    output: one [tokens, intermediate] buffer fewer to allocate (and, on a CPU, to fault in)."""
-    h = m.act_fn(m.gate_proj(x))
+    """HF's gated MLP, down(act(gate(x)) * up(x)), with the activation (SiLU) and the product written
+    in place: two [tokens, intermediate] buffers fewer to allocate (and, on a CPU, to fault in)."""
+    h = m.gate_proj(x)
+    h = torch.nn.functional.silu(h, inplace=True) if type(m.act_fn).forward in _SILU_FORWARDS else m.act_fn(h)
     return m.down_proj(h.mul_(m.up_proj(x)))
 
 
