@@ -40,29 +40,27 @@ def feed_tree(lm, inputs, K: int = 3):
     return first, second
 
 
-@pytest.mark.parametrize("arch", LLAMA_FAMILY)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_lean_logits_equal_the_hf_forward_bit_for_bit(arch, dtype):
-    m, inputs = make_model(arch).to(dtype), batch((9, 5, 7))
-    slots = num_slots(9, 3, 2)
+def assert_lean_equals_hf(m) -> None:
+    """The lean forward runs on `m` and its logits equal the HF forward's on a prefill and a tree level."""
+    inputs, slots = batch((9, 5, 7)), num_slots(9, 3, 2)
     with torch.inference_mode():
         lean_lm, hf_lm = slot_lm(m, slots), TreeLM(m, SlotCache(slots))
         assert lean_lm.forward_kind == "lean"
         for ours, theirs in zip(feed_tree(lean_lm, inputs), feed_tree(hf_lm, inputs)):
             assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("arch", LLAMA_FAMILY)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lean_logits_equal_the_hf_forward_bit_for_bit(arch, dtype):
+    assert_lean_equals_hf(make_model(arch).to(dtype))
 
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu"])
 def test_lean_logits_equal_the_hf_forward_with_any_mlp_activation(act):
     """SiLU runs in place; any other activation is called as HF calls it."""
-    m, inputs = make_model(hidden_act=act), batch((9, 5, 7))
-    slots = num_slots(9, 3, 2)
-    with torch.inference_mode():
-        lean_lm, hf_lm = slot_lm(m, slots), TreeLM(m, SlotCache(slots))
-        assert lean_lm.forward_kind == "lean"
-        for ours, theirs in zip(feed_tree(lean_lm, inputs), feed_tree(hf_lm, inputs)):
-            assert torch.equal(ours, theirs)
+    assert_lean_equals_hf(make_model(hidden_act=act))
 
 @pytest.mark.parametrize("arch", LLAMA_FAMILY)
 def test_llama_family_models_decode_on_the_lean_forward(arch):
