@@ -8,6 +8,7 @@ does not cover runs on the dynamic path with the reason in the stats.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
@@ -32,6 +33,7 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 from atspeed import beam_search_by_TreeAttn
 from atspeed.decoding.beam import BeamConfig
 from atspeed.decoding.static import decode, num_slots
+from atspeed.hf import generate as generate_module
 from atspeed.hf.generate import generate_with_tree_attention
 from atspeed.hf.graphs import capture_unsupported, planned_beam_search
 from atspeed.hf.lean import slot_lm
@@ -281,6 +283,59 @@ def test_processors_without_a_graph_key_are_not_captured():
     assert "not known to be capturable" in reason
     assert capture_unsupported(trie_processor(64, 6), StoppingCriteriaList([MaxLengthCriteria(9)])) is None
 
+
+
+@pytest.fixture
+def failing_capture(monkeypatch):
+    """A GPU whose capture fails, simulated on the CPU: the model counts as on CUDA, streams do
+    nothing, and entering torch.cuda.graph raises as a host sync inside a capture would. Yields the
+    list of capture attempts."""
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    attempts = []
+
+    @contextlib.contextmanager
+    def graph(cuda_graph):
+        attempts.append(cuda_graph)
+        raise RuntimeError("operation not permitted when stream is capturing")
+        yield
+
+    monkeypatch.setattr(generate_module, "model_device", lambda m: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    return attempts
+
+
+GRAPH_REQUEST = dict(max_new_tokens=3, num_beams=4, num_return_sequences=4, return_dict_in_generate=True)
+
+
+def test_a_failed_capture_runs_the_decode_eagerly_and_says_why(failing_capture):
+    m, inputs = fresh_copy(model()), batch((6, 4))
+    with pytest.warns(UserWarning, match=r"an earlier capture of this model failed \(RuntimeError: operation not"):
+        out = generate_with_tree_attention(m, always_beam=True, **inputs, **GRAPH_REQUEST)
+    assert out.stats["engine"].startswith("static (no graph: an earlier capture of this model failed")
+    assert torch.equal(out.sequences, hf_generate(m, **inputs, **GRAPH_REQUEST).sequences)
+
+
+def test_a_model_whose_capture_failed_is_not_captured_again(failing_capture):
+    m = fresh_copy(model())
+    with pytest.warns(UserWarning):
+        generate_with_tree_attention(m, always_beam=True, **batch((6, 4)), **GRAPH_REQUEST)
+    out = generate_with_tree_attention(m, always_beam=True, **batch((6, 4), seed=1), **GRAPH_REQUEST)
+    assert len(failing_capture) == 1
+    assert "an earlier capture of this model failed" in out.stats["engine"]
+
+
+def test_the_graph_engine_refuses_a_decode_whose_capture_fails(failing_capture):
+    m, inputs = fresh_copy(model()), batch((6, 4))
+    with pytest.raises(NotImplementedError, match="the decode cannot be captured: RuntimeError: operation not"):
+        generate_with_tree_attention(m, always_beam=True, engine="graph", **inputs, **GRAPH_REQUEST)
 
 def test_graph_engine_needs_a_cuda_device():
     m, inputs = model(), batch((5,))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from atspeed.decoding.tree_search import BeamSearchResult, tree_beam_search
 from atspeed.hf import compat
 from atspeed.hf.checks import check_generation_request, check_inputs, check_left_padded
 from atspeed.hf.engine import ENGINES, new_tokens, static_unsupported
-from atspeed.hf.graphs import capture_unsupported, planned_beam_search
+from atspeed.hf.graphs import CaptureError, capture_failed, capture_unsupported, planned_beam_search
 from atspeed.hf.lean import slot_lm, tree_lm
 from atspeed.hf.model import check_tree_support, model_device
 
@@ -191,9 +192,16 @@ def run_beam_search(
     common = dict(num_return_sequences=req.num_return_sequences, fill_value=req.fill_value)
     args = (req.prompt, req.attention_mask, req.cfg, logits_processor, stopping_criteria)
     if reason is None and no_graph is None:
-        result = planned_beam_search(model, *args, **common, capture=True)
-        result.stats.update(engine="static (CUDA graph)")
-        return result
+        try:
+            result = planned_beam_search(model, *args, **common, capture=True)
+        except CaptureError as e:
+            if engine == "graph":
+                raise NotImplementedError(f"the decode cannot be captured: {e}.") from e
+            no_graph = capture_failed(model)
+            warnings.warn(f"atspeed: {no_graph}; stats['engine'] says so for every request of this model.")
+        else:
+            result.stats.update(engine="static (CUDA graph)")
+            return result
     record = dict(output_scores=output_scores, output_logits=output_logits)
     if reason is None:
         lm = slot_lm(model, num_slots(req.cfg.prompt_len, req.cfg.num_beams, new_tokens(req.cfg)))
@@ -220,7 +228,7 @@ def graph_unsupported(
         return "CUDA graphs need a CUDA device"
     if step_outputs:
         return "per-step scores / logits are recorded eagerly"
-    return capture_unsupported(processors, stopping)
+    return capture_failed(model) or capture_unsupported(processors, stopping)
 
 
 _KNOWN_MODEL_KWARGS = {  # position_ids: checked apart (refuse_unsupported)

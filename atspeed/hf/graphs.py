@@ -7,7 +7,8 @@ every later request of the same shape, so the first call of a shape pays the cap
 
 Only what is known to capture is captured: no processors, or processors with a `graph_key` (the
 item trie), and HF's max-length / EOS stopping criteria. Everything else runs the same decode
-eagerly, with the reason in stats["engine"].
+eagerly, with the reason in stats["engine"]; so does a model whose capture failed (CaptureError:
+the eager warm-up had run, so only the capture was at fault), with a warning, once per model.
 
 Without CUDA (`capture=False`) a plan runs the same buffers eagerly: the plan logic itself is
 tested on CPU; the capture is checked by benchmarks/gpu_engine.py on a GPU.
@@ -67,6 +68,19 @@ def capture_unsupported(processors: Sequence, stopping: Sequence) -> str | None:
     return None
 
 
+class CaptureError(RuntimeError):
+    """A decode that runs eagerly could not be captured as a CUDA graph."""
+
+
+_CAPTURE_FAILED: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def capture_failed(model: torch.nn.Module) -> str | None:
+    """Why an earlier capture of this model's decode failed (it is not tried again), or None."""
+    reason = _CAPTURE_FAILED.get(model)
+    return None if reason is None else f"an earlier capture of this model failed ({reason}): the decode runs eagerly"
+
+
 class DecodePlan:
     """Static buffers and the captured decode of one request shape."""
 
@@ -103,9 +117,13 @@ class DecodePlan:
             with torch.cuda.stream(stream):  # warm-up (allocates the cache) off the capture stream
                 self._run()
             torch.cuda.current_stream(device).wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.out: tuple[BeamState, StepRecord] = self._run()
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.out: tuple[BeamState, StepRecord] = self._run()
+            except RuntimeError as e:  # the warm-up ran the same decode eagerly: only capturing failed
+                raise CaptureError(f"{type(e).__name__}: {e}") from e
+            self.graph = graph
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[BeamState, StepRecord]:
         self.input_ids.copy_(input_ids)
@@ -135,7 +153,11 @@ def plan_for(
     if key in plans:
         plans.move_to_end(key)
         return plans[key], False
-    plans[key] = DecodePlan(model, cfg, batch, processors, stopping, fill_value, capture)
+    try:
+        plans[key] = DecodePlan(model, cfg, batch, processors, stopping, fill_value, capture)
+    except CaptureError as e:
+        _CAPTURE_FAILED[model] = str(e)
+        raise
     while len(plans) > MAX_PLANS_PER_MODEL:
         plans.popitem(last=False)
     return plans[key], True
