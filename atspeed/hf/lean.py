@@ -4,12 +4,12 @@ A decode of a few tokens is dominated by per-forward overhead, not math: on the 
 model an HF forward of one token costs ~1.8x its matrix products (mask preprocessing, output
 capture, keyword plumbing through every layer). `lean_forward` runs the same computation directly:
 the embedding and rotary tables, then per layer the HF norm modules, the MLP's projections and
-activation (the activation and the product written in place), the q/k/v/o projections, HF's `apply_rotary_pos_emb`
-and HF's attention function, with keys and values going through the cache's own `update` (the
-engine's slots or the dynamic path's growing cache). Every operation is the one HF calls, on the
-same shapes, so the logits are bit-identical;
-`lean_unsupported` checks this once per model, dtype and device on a small tree and otherwise
-keeps the HF forward, with the reason in the decode's stats (`forward`).
+activation (SiLU and the gate x up product written in place), the q/k/v/o projections, HF's
+`apply_rotary_pos_emb` and HF's attention function, with keys and values going through the
+cache's own `update` (the engine's slots or the dynamic path's growing cache). Every operation is
+the one HF calls, on the same shapes, so the logits are bit-identical; `lean_unsupported` checks
+this once per model, dtype and device on a small tree and otherwise keeps the HF forward, with
+the reason in the decode's stats (`forward`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def lean_forward(
     return model.lm_head(hidden).float()
 
 
-_SILU_FORWARDS = {torch.nn.SiLU.forward, getattr(activations, "SiLUActivation", torch.nn.SiLU).forward}
+_SILU_FORWARDS = {torch.nn.SiLU.forward, activations.SiLUActivation.forward}  # HF 4.57 and 5.x both have the class
 
 
 def mlp(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
